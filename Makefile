@@ -1,0 +1,31 @@
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench protos clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lightningd-py demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow or slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lightningd_py plugins tests bench
+	$(VENV)/bin/ruff format --check lightningd_py plugins tests bench
+
+bench: $(STAMP)
+	$(PY) bench/events.py
+
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
