@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .journal import Journal
     from .lnd.client import LndClient
     from .plugins import HookRunner, PluginHost
-    from .store import Store
+    from .store import StoreHandle
 
 __all__ = ["Daemon", "NodeStatus"]
 
@@ -77,6 +77,7 @@ class Daemon:
         self.name = name
         self._host = host
         self.settings = settings
+        self._store = host.store_for(name)
         self.log = structlog.get_logger("lightningd_py").bind(plugin=name)
 
     # Properties read through the host so a config reload is seen everywhere at once.
@@ -89,8 +90,8 @@ class Daemon:
         return self._host.lnd
 
     @property
-    def store(self) -> Store:
-        return self._host.store
+    def store(self) -> StoreHandle:
+        return self._store
 
     @property
     def journal(self) -> Journal:

@@ -21,7 +21,9 @@ class ConfigError(LdpError):
         self.path = path
         head = f"{path}: " if path else ""
         lines = "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(f"{head}invalid configuration\n{lines}" if len(self.problems) > 1 or path else self.problems[0])
+        super().__init__(
+            f"{head}invalid configuration\n{lines}" if len(self.problems) > 1 or path else self.problems[0]
+        )
 
 
 class PluginError(LdpError):

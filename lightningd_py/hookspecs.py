@@ -84,6 +84,20 @@ def ldp_migrations() -> Sequence[Migration] | None:
 
 
 @hookspec
+def ldp_journal_start(daemon: Daemon) -> str | None:
+    """Decide where a plugin that has never run reads the journal from.
+
+    Called once, synchronously, the first time the plugin is enabled on a database (it
+    has no durable cursor yet). Later starts resume from the cursor.
+
+    :param daemon: this plugin's handle on the daemon.
+    :return: ``"beginning"`` to receive every journaled event (the default, for
+        plugins that build their own record of history), or ``"end"`` to receive only
+        events journaled from now on (e.g. notifications that must not replay history).
+    """
+
+
+@hookspec
 def ldp_startup(daemon: Daemon) -> None:
     """The plugin starts.
 

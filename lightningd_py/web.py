@@ -146,7 +146,9 @@ class RouteRegistry:
         method = method.upper()
         for r in self.routes:
             if r.method == method and r.path == path:
-                raise ValueError(f"route {method} {path} is already registered by {r.owner or 'another plugin'}")
+                raise ValueError(
+                    f"route {method} {path} is already registered by {r.owner or 'another plugin'}"
+                )
         self.routes.append(
             Route(
                 method=method,

@@ -1,0 +1,214 @@
+"""The append-only event journal and the durable cursor of each plugin.
+
+Stream readers append events together with their stream's resume position in one
+transaction; plugins read after their cursor. Recent events are also kept decoded in
+memory, so workers that keep up never touch the database to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import sqlite3
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
+
+import anyio
+import msgspec
+
+from .events import Event, decode_event, encode_event
+from .store import Migration, Store
+
+__all__ = ["Journal"]
+
+MIGRATIONS = [
+    Migration(
+        1,
+        """
+        CREATE TABLE journal (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            type TEXT NOT NULL,
+            time REAL NOT NULL,
+            body BLOB NOT NULL
+        );
+        CREATE TABLE journal_keys (key TEXT PRIMARY KEY) WITHOUT ROWID;
+        CREATE TABLE journal_positions (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        CREATE TABLE journal_cursors (plugin TEXT PRIMARY KEY, position INTEGER NOT NULL);
+        CREATE TABLE journal_dead_letters (
+            plugin TEXT NOT NULL,
+            event_id INTEGER NOT NULL,
+            error TEXT NOT NULL,
+            time REAL NOT NULL,
+            PRIMARY KEY (plugin, event_id)
+        );
+        """,
+    )
+]
+
+# How many recent events stay decoded in memory for workers that keep up.
+CACHE_SIZE = 20_000
+
+
+class Journal:
+    """The event journal (``daemon.journal`` for plugins)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._cache: deque[Event] = deque(maxlen=CACHE_SIZE)
+        self._cache_ids: deque[int] = deque(maxlen=CACHE_SIZE)
+        self._positions: dict[str, int] = {}
+        self._cursors: dict[str, int] = {}
+        self._new = asyncio.Event()
+        self.last_id = 0
+        self.appended = 0
+        self.duplicates = 0
+
+    def open(self) -> None:
+        """Apply the journal's migrations and load positions and cursors (at start)."""
+        self._store.migrate("journal", MIGRATIONS)
+        rows = self._store.read_sync("SELECT name, value FROM journal_positions")
+        self._positions = {r["name"]: r["value"] for r in rows}
+        rows = self._store.read_sync("SELECT plugin, position FROM journal_cursors")
+        self._cursors = {r["plugin"]: r["position"] for r in rows}
+        row = self._store.read_sync("SELECT COALESCE(MAX(id), 0) AS last FROM journal")
+        self.last_id = row[0]["last"]
+
+    # ------------------------------------------------------------ writing
+
+    async def append(self, events: Sequence[Event], positions: Mapping[str, int] | None = None) -> list[int]:
+        """Journal events and the stream positions they advance, in one transaction.
+
+        :return: the journal id of each event, 0 for an event dropped because an event
+            with the same ``dedupe_key()`` was journaled before.
+        """
+        events = list(events)
+        positions = dict(positions or {})
+
+        def unit(conn: sqlite3.Connection) -> list[Event | None]:
+            stamped: list[Event | None] = []
+            for ev in events:
+                key = ev.dedupe_key()
+                if key is not None:
+                    if (
+                        conn.execute("INSERT OR IGNORE INTO journal_keys(key) VALUES (?)", (key,)).rowcount
+                        == 0
+                    ):
+                        stamped.append(None)
+                        continue
+                cur = conn.execute(
+                    "INSERT INTO journal(type, time, body) VALUES (?, ?, ?)",
+                    (ev.type, ev.time, encode_event(ev)),
+                )
+                stamped.append(msgspec.structs.replace(ev, id=cur.lastrowid))
+            if positions:
+                conn.executemany(
+                    "INSERT INTO journal_positions(name, value) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    positions.items(),
+                )
+            return stamped
+
+        stamped = await self._store.write("journal", unit, on_commit=self._committed)
+        self._positions.update(positions)
+        return [ev.id if ev is not None else 0 for ev in stamped]
+
+    def _committed(self, stamped: list[Event | None]) -> None:
+        # Runs on the event loop in commit order, so the cache stays sorted by id.
+        fresh = [ev for ev in stamped if ev is not None]
+        self.duplicates += len(stamped) - len(fresh)
+        if not fresh:
+            return
+        for ev in fresh:
+            self._cache.append(ev)
+            self._cache_ids.append(ev.id)
+        self.last_id = fresh[-1].id
+        self.appended += len(fresh)
+        self._new.set()
+        self._new = asyncio.Event()
+
+    def position(self, name: str) -> int | None:
+        """The last stored resume position of a stream, or None if never stored."""
+        return self._positions.get(name)
+
+    # ------------------------------------------------------------ reading
+
+    async def read(self, after: int, limit: int = 500, types: Collection[str] | None = None) -> list[Event]:
+        """Events with an id greater than ``after``, oldest first, at most ``limit``.
+
+        :param types: only events whose type is in this collection (others are skipped
+            and do not count towards ``limit``).
+        """
+        if after >= self.last_id:
+            return []
+        if self._cache_ids and self._cache_ids[0] <= after + 1:
+            start = bisect.bisect_right(self._cache_ids, after)
+            out: list[Event] = []
+            for i in range(start, len(self._cache)):
+                ev = self._cache[i]
+                if types is None or ev.type in types:
+                    out.append(ev)
+                    if len(out) >= limit:
+                        break
+            return out
+        return await self._read_db(after, limit, types)
+
+    async def _read_db(self, after: int, limit: int, types: Collection[str] | None) -> list[Event]:
+        def query(conn: sqlite3.Connection) -> list[Event]:
+            if types is None:
+                rows = conn.execute(
+                    "SELECT id, body FROM journal WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+                ).fetchall()
+            else:
+                marks = ",".join("?" * len(types))
+                rows = conn.execute(
+                    f"SELECT id, body FROM journal WHERE id > ? AND type IN ({marks}) ORDER BY id LIMIT ?",
+                    (after, *types, limit),
+                ).fetchall()
+            return [decode_event(body, event_id) for event_id, body in rows]
+
+        return await self._store.read(query)
+
+    async def wait(self, after: int, timeout: float | None = None) -> bool:
+        """Wait until an event with an id greater than ``after`` exists.
+
+        :return: True if one exists, False if ``timeout`` seconds passed first.
+        """
+        if self.last_id > after:
+            return True
+        new = self._new
+        if timeout is None:
+            await new.wait()
+            return True
+        with anyio.move_on_after(timeout):
+            await new.wait()
+            return True
+        return self.last_id > after
+
+    # ------------------------------------------------------------ cursors
+
+    def cursor(self, plugin: str) -> int | None:
+        """The plugin's durable cursor (id of the last event it finished), or None."""
+        return self._cursors.get(plugin)
+
+    async def save_cursor(self, plugin: str, position: int) -> None:
+        """Queue the cursor update; it commits after every write queued before it."""
+        self._cursors[plugin] = position
+        await self._store.execute(
+            "journal",
+            "INSERT INTO journal_cursors(plugin, position) VALUES (?, ?) "
+            "ON CONFLICT(plugin) DO UPDATE SET position = excluded.position",
+            (plugin, position),
+        )
+
+    async def dead_letter(self, plugin: str, event_id: int, error: str, when: float) -> None:
+        await self._store.execute(
+            "journal",
+            "INSERT OR REPLACE INTO journal_dead_letters(plugin, event_id, error, time) VALUES (?, ?, ?, ?)",
+            (plugin, event_id, error, when),
+        )
+
+    async def count(self) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            return conn.execute("SELECT COUNT(*) FROM journal").fetchone()[0]
+
+        return await self._store.read(query)

@@ -1,0 +1,356 @@
+"""The sqlite database: one writer that batches, readers on their own connections.
+
+Every write goes through a single writer connection. Writes queued while a batch is
+being committed are committed together in the next transaction, so a burst of events
+costs one commit, not one per event. Each unit of work runs inside its own savepoint,
+so one failing write never takes another owner's writes down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from .errors import StoreError
+
+__all__ = ["Migration", "Store", "StoreHandle"]
+
+T = TypeVar("T")
+log = structlog.get_logger("lightningd_py.store")
+
+# Units queued beyond this make writers wait: memory stays bounded under any burst.
+MAX_PENDING = 20_000
+READERS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step of an owner (the core or a plugin).
+
+    :ivar version: 1, 2, 3, ... applied in order, once per database.
+    :ivar sql: a script of SQL statements (run with ``executescript``), or a function
+        taking the ``sqlite3.Connection``.
+    """
+
+    version: int
+    sql: str | Callable[[sqlite3.Connection], None]
+
+
+@dataclass(slots=True)
+class _Unit:
+    owner: str
+    sql: str | None
+    params: Any
+    many: bool
+    fn: Callable[[sqlite3.Connection], Any] | None
+    future: asyncio.Future[Any] | None
+    on_commit: Callable[[Any], None] | None = None
+
+
+@dataclass(slots=True)
+class StoreStats:
+    batches: int = 0
+    units: int = 0
+    last_batch_size: int = 0
+    last_batch_seconds: float = 0.0
+    errors: int = 0
+
+
+class Store:
+    """The daemon's database. Plugins use it through ``StoreHandle`` (``daemon.store``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: sqlite3.Connection | None = None
+        self._readers: list[sqlite3.Connection] = []
+        self._reader_limiter = anyio.CapacityLimiter(READERS)
+        self._pending: list[_Unit] = []
+        self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._owner_errors: dict[str, list[BaseException]] = {}
+        self.stats = StoreStats()
+        self.batch_observers: list[Callable[[int, float], None]] = []
+        self.failed: BaseException | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Open the connections and create the core bookkeeping tables (synchronous)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = self._connect()
+            self._writer.execute(
+                "CREATE TABLE IF NOT EXISTS schema_versions (owner TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+            )
+            self._readers = [self._connect(readonly=True) for _ in range(READERS)]
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+
+    def _connect(self, readonly: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        if not readonly:
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        if readonly:
+            conn.execute("PRAGMA query_only=ON")
+        return conn
+
+    def migrate(self, owner: str, migrations: Iterable[Migration]) -> list[int]:
+        """Apply the owner's migrations not yet applied, each in its own transaction.
+
+        Runs synchronously at start, before the writer task runs. Returns the versions
+        applied.
+        """
+        conn = self._require_writer()
+        row = conn.execute("SELECT version FROM schema_versions WHERE owner = ?", (owner,)).fetchone()
+        current = row[0] if row else 0
+        steps = sorted(migrations, key=lambda m: m.version)
+        versions = [m.version for m in steps]
+        if len(set(versions)) != len(versions) or any(v < 1 for v in versions):
+            raise StoreError(f"{owner}: migration versions must be distinct integers >= 1, got {versions}")
+        applied = []
+        for m in steps:
+            if m.version <= current:
+                continue
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if callable(m.sql):
+                    m.sql(conn)
+                else:
+                    for statement in _split_sql(m.sql):
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_versions(owner, version) VALUES (?, ?) "
+                    "ON CONFLICT(owner) DO UPDATE SET version = excluded.version",
+                    (owner, m.version),
+                )
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise StoreError(f"{owner}: migration {m.version} failed: {exc}") from exc
+            applied.append(m.version)
+        return applied
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The writer service: commits queued units in batches until cancelled."""
+        task_status.started()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            await self._drain()
+
+    async def _drain(self) -> None:
+        while self._pending:
+            units, self._pending = self._pending, []
+            self._room.set()
+            started = time.perf_counter()
+            # Not abandoned on cancel: a batch in flight always finishes and resolves.
+            results = await anyio.to_thread.run_sync(self._run_batch, units)
+            elapsed = time.perf_counter() - started
+            self.stats.batches += 1
+            self.stats.units += len(units)
+            self.stats.last_batch_size = len(units)
+            self.stats.last_batch_seconds = elapsed
+            for observe in self.batch_observers:
+                observe(len(units), elapsed)
+            for unit, (ok, value) in zip(units, results, strict=True):
+                if ok and unit.on_commit is not None:
+                    unit.on_commit(value)
+                if unit.future is not None:
+                    if unit.future.done():
+                        continue
+                    if ok:
+                        unit.future.set_result(value)
+                    else:
+                        unit.future.set_exception(value)
+                elif not ok:
+                    self._owner_errors.setdefault(unit.owner, []).append(value)
+
+    def _run_batch(self, units: list[_Unit]) -> list[tuple[bool, Any]]:
+        conn = self._require_writer()
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for unit in units:
+                if unit.fn is None and unit.sql is None:
+                    results.append((True, None))
+                    continue
+                conn.execute("SAVEPOINT unit")
+                try:
+                    if unit.fn is not None:
+                        value = unit.fn(conn)
+                    elif unit.many:
+                        value = conn.executemany(unit.sql, unit.params).rowcount
+                    else:
+                        value = conn.execute(unit.sql, unit.params).rowcount
+                    conn.execute("RELEASE unit")
+                    results.append((True, value))
+                except Exception as exc:  # a plugin's failed write is its own, never the batch's
+                    conn.execute("ROLLBACK TO unit")
+                    conn.execute("RELEASE unit")
+                    self.stats.errors += 1
+                    err = exc if isinstance(exc, StoreError) else StoreError(f"{unit.owner}: {exc}")
+                    err.__cause__ = exc
+                    results.append((False, err))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self.stats.errors += 1
+            log.error("database commit failed", error=str(exc), units=len(units))
+            failure = StoreError(f"database write failed: {exc}")
+            failure.__cause__ = exc
+            self.failed = failure
+            return [(False, failure) for _ in units]
+        self.failed = None
+        return results
+
+    async def flush(self) -> None:
+        """Wait until every unit queued so far is committed."""
+        await self._submit(_Unit("core", None, None, False, None, asyncio.get_running_loop().create_future()))
+
+    async def close(self) -> None:
+        """Commit what is queued and close every connection."""
+        if self._pending:
+            await self._drain()
+        for conn in [self._writer, *self._readers]:
+            if conn is not None:
+                conn.close()
+        self._writer = None
+        self._readers = []
+
+    # ------------------------------------------------------------ writing
+
+    async def _submit(self, unit: _Unit) -> Any:
+        while len(self._pending) >= MAX_PENDING:
+            self._room.clear()
+            await self._room.wait()
+        self._pending.append(unit)
+        self._wakeup.set()
+        if unit.future is not None:
+            return await unit.future
+        return None
+
+    async def write(
+        self,
+        owner: str,
+        fn: Callable[[sqlite3.Connection], T],
+        on_commit: Callable[[T], None] | None = None,
+    ) -> T:
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        return await self._submit(_Unit(owner, None, None, False, fn, fut, on_commit))
+
+    async def execute(
+        self, owner: str, sql: str, params: Sequence[Any] = (), *, wait: bool = False
+    ) -> int | None:
+        fut = asyncio.get_running_loop().create_future() if wait else None
+        return await self._submit(_Unit(owner, sql, tuple(params), False, None, fut))
+
+    async def executemany(
+        self, owner: str, sql: str, rows: Iterable[Sequence[Any]], *, wait: bool = False
+    ) -> int | None:
+        fut = asyncio.get_running_loop().create_future() if wait else None
+        return await self._submit(_Unit(owner, sql, list(rows), True, None, fut))
+
+    def take_errors(self, owner: str) -> list[BaseException]:
+        return self._owner_errors.pop(owner, [])
+
+    # ------------------------------------------------------------ reading
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` with a reader connection in a worker thread (committed data only)."""
+        async with self._reader_limiter:
+            conn = self._readers.pop()
+            try:
+                return await anyio.to_thread.run_sync(fn, conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"database read failed: {exc}") from exc
+            finally:
+                self._readers.append(conn)
+
+    def read_sync(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """A read on the writer connection, for start-up code that runs before the writer task."""
+        return self._require_writer().execute(sql, params).fetchall()
+
+    def _require_writer(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise StoreError("the database is not open")
+        return self._writer
+
+    def handle(self, owner: str) -> StoreHandle:
+        return StoreHandle(self, owner)
+
+
+class StoreHandle:
+    """One owner's (a plugin's) access to the database: ``daemon.store``.
+
+    Writes are queued and committed in batches; the daemon commits everything a hook
+    queued before that plugin's journal cursor moves past the event, so a write made in
+    an event hook is never lost to a crash without the event being delivered again.
+    Reads see committed data: call ``flush()`` first to read your own queued writes.
+    """
+
+    def __init__(self, store: Store, owner: str) -> None:
+        self._store = store
+        self.owner = owner
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Queue one write statement."""
+        await self._store.execute(self.owner, sql, params)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Queue one statement for many parameter rows."""
+        await self._store.executemany(self.owner, sql, rows)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on the writer connection inside the next batch (atomically,
+        in a savepoint) and return its result once committed."""
+        return await self._store.write(self.owner, fn)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Rows of a read query on committed data."""
+        return await self._store.read(lambda c: c.execute(sql, params).fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        """The first row of a read query on committed data, or None."""
+        return await self._store.read(lambda c: c.execute(sql, params).fetchone())
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` with a reader connection (committed data; for streaming or
+        several queries at once)."""
+        return await self._store.read(fn)
+
+    async def flush(self) -> None:
+        """Wait until this owner's queued writes are committed; raise ``StoreError`` if
+        any of them failed since the last flush."""
+        await self._store.flush()
+        errors = self._store.take_errors(self.owner)
+        if errors:
+            raise errors[0]
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration script into complete statements (sqlite3.complete_statement aware)."""
+    statements, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        statements.append(buf.strip())
+    return statements

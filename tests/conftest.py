@@ -1,0 +1,8 @@
+"""Shared test configuration: anyio runs async tests on asyncio (grpc.aio needs it)."""
+
+import pytest
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

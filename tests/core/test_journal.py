@@ -1,0 +1,153 @@
+"""The journal, the batching store and the plugin workers, in one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+from prometheus_client import CollectorRegistry
+
+from lightningd_py.config import load_config
+from lightningd_py.daemon import NodeStatus
+from lightningd_py.events import ChannelActive, InvoiceCreated, InvoiceSettled
+from lightningd_py.hookspecs import hookimpl
+from lightningd_py.journal import Journal
+from lightningd_py.plugins import PluginHost, create_plugin_manager
+from lightningd_py.store import Migration, Store
+
+pytestmark = pytest.mark.anyio
+
+
+def make_config(tmp_path: Path, extra: str = ""):
+    cert = tmp_path / "tls.cert"
+    cert.write_text("x")
+    (tmp_path / "admin.macaroon").write_bytes(b"\x02\x01")
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+[core]
+state_dir = "{tmp_path}/state"
+hook_max_attempts = 3
+hook_timeout = 2
+[lnd]
+tls_cert = "{cert}"
+macaroon = "{tmp_path}/admin.macaroon"
+{extra}
+"""
+    )
+    return path
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    @hookimpl
+    def ldp_migrations(self):
+        return [Migration(1, "CREATE TABLE recorder_seen (event_id INTEGER PRIMARY KEY, hash TEXT)")]
+
+    @hookimpl
+    async def ldp_invoice_event(self, daemon, event):
+        self.seen.append(event.id)
+        await daemon.store.execute(
+            "INSERT OR IGNORE INTO recorder_seen(event_id, hash) VALUES (?, ?)", (event.id, event.payment_hash)
+        )
+
+
+class Failing:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def ldp_invoice_event(self, daemon, event):
+        self.calls += 1
+        raise RuntimeError("boom")
+
+
+class Slow:
+    @hookimpl
+    async def ldp_invoice_event(self, daemon, event):
+        await anyio.sleep(3600)
+
+
+async def start_host(tmp_path: Path, plugins: dict):
+    pm = create_plugin_manager(entry_points=[], extra=plugins)
+    config = load_config(make_config(tmp_path), {name: None for name in plugins})
+    store = Store(config.core.database)
+    store.open()
+    journal = Journal(store)
+    journal.open()
+    host = PluginHost(
+        config=config,
+        pm=pm,
+        store=store,
+        journal=journal,
+        registry=CollectorRegistry(),
+        node=NodeStatus(),
+        lnd=None,  # type: ignore[arg-type]
+    )
+    for name, migrations in host.hooks.each_sync("ldp_migrations"):
+        store.migrate(name, migrations or [])
+    host.prepare_workers()
+    return store, journal, host
+
+
+def invoice(i: int, cls=InvoiceSettled):
+    return cls(payment_hash=f"{i:064x}", value_msat=1000 * i, settle_index=i)
+
+
+async def test_append_dedupes_and_stores_positions(tmp_path: Path) -> None:
+    store, journal, _ = await start_host(tmp_path, {})
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        ids = await journal.append([invoice(1), invoice(2), invoice(1)], {"invoices.settle_index": 2})
+        assert ids[0] > 0 and ids[1] == ids[0] + 1 and ids[2] == 0
+        again = await journal.append([invoice(2), ChannelActive(channel_point="a:0"), ChannelActive(channel_point="a:0")])
+        assert again[0] == 0 and again[1] > 0 and again[2] > 0
+        assert journal.position("invoices.settle_index") == 2
+        events = await journal.read(0)
+        assert [e.id for e in events] == [ids[0], ids[1], again[1], again[2]]
+        assert events[0] == invoice(1).__class__(**{**_fields(invoice(1)), "id": ids[0], "time": events[0].time})
+        tg.cancel_scope.cancel()
+    await store.close()
+    # Positions and events survive a reopen; reads then come from the database.
+    store2 = Store(store.path)
+    store2.open()
+    journal2 = Journal(store2)
+    journal2.open()
+    assert journal2.position("invoices.settle_index") == 2
+    events = await journal2.read(0, limit=2)
+    assert [e.payment_hash for e in events] == [f"{1:064x}", f"{2:064x}"]
+    assert (await journal2.read(0, types={"channel.active"}))[0].type == "channel.active"
+    await store2.close()
+
+
+def _fields(ev):
+    return {f: getattr(ev, f) for f in ev.__struct_fields__}
+
+
+async def test_workers_isolate_failing_and_slow_plugins(tmp_path: Path) -> None:
+    recorder, failing = Recorder(), Failing()
+    store, journal, host = await start_host(tmp_path, {"recorder": recorder, "failing": failing, "slow": Slow()})
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        for name in host.runtimes:
+            tg.start_soon(host.run_worker, name)
+        ids = await journal.append([invoice(i, InvoiceCreated) for i in range(1, 101)])
+        with anyio.fail_after(10):
+            while host.runtimes["recorder"].cursor < ids[-1]:
+                await anyio.sleep(0.01)
+        assert recorder.seen == ids
+        rows = await host.runtimes["recorder"].daemon.store.fetchall("SELECT event_id FROM recorder_seen ORDER BY 1")
+        assert [r[0] for r in rows] == ids
+        # The failing plugin retried the first event, then gave it up (hook_max_attempts = 3).
+        with anyio.fail_after(10):
+            while host.runtimes["failing"].dead_letters < 1:
+                await anyio.sleep(0.01)
+        assert host.runtimes["failing"].errors >= 3
+        status = host.status()
+        assert status["plugins"]["slow"]["lag"] == 100
+        assert status["plugins"]["recorder"]["lag"] == 0
+        tg.cancel_scope.cancel()
+    await store.close()
