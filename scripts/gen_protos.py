@@ -42,9 +42,7 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 _OUR_MODULES = frozenset(Path(p).stem + "_pb2" for p in PROTO_FILES)
 _IMPORT = re.compile(r"^import (?P<mod>\w+) as (?P<alias>\w+)$", re.MULTILINE)
-_FROM_IMPORT = re.compile(
-    r"^from (?P<pkg>[\w.]+) import (?P<mod>\w+) as (?P<alias>\w+)$", re.MULTILINE
-)
+_FROM_IMPORT = re.compile(r"^from (?P<pkg>[\w.]+) import (?P<mod>\w+) as (?P<alias>\w+)$", re.MULTILINE)
 _BUILD_MODULE = re.compile(r"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, )'[\w.]+'")
 
 
