@@ -309,12 +309,21 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
-def load_config(path: Path, schemas: Mapping[str, type[PluginSettings] | None]) -> Config:
+def load_config(
+    path: Path,
+    schemas: Mapping[str, type[PluginSettings] | None],
+    *,
+    unavailable: Mapping[str, str] | None = None,
+) -> Config:
     """Read, merge and validate the config.
 
     :param path: the operator's TOML file.
     :param schemas: every installed plugin's name and the model of its table (None for
         a plugin without settings).
+    :param unavailable: plugins that are installed but failed to load (name -> reason):
+        their tables are accepted unvalidated (settings None) and only ``enabled`` is
+        read, so the caller can apply ``core.plugin_failure`` instead of the config
+        reporting "no such plugin".
     :raises ConfigError: listing every problem found, each naming its key path (or line
         and column for syntax errors) and what is expected.
     """
@@ -341,7 +350,12 @@ def load_config(path: Path, schemas: Mapping[str, type[PluginSettings] | None]) 
         context["state_dir"] = core.state_dir
         overrides = _read_overrides(core.state_dir / OVERRIDES_FILE, problems)
         tables = _deep_merge(tables, overrides, overridden, ())
-    plugins, enabled = _validate_plugins(tables, schemas, context, problems, overridden, core)
+    known: dict[str, type[PluginSettings] | None] = dict(schemas)
+    for name in unavailable or {}:
+        known.setdefault(name, None)
+    plugins, enabled = _validate_plugins(
+        tables, known, set(unavailable or ()), context, problems, overridden, core
+    )
 
     if problems or core is None or lnd is None:
         raise ConfigError(problems, path=str(path))
@@ -349,7 +363,10 @@ def load_config(path: Path, schemas: Mapping[str, type[PluginSettings] | None]) 
 
 
 def reload_config(
-    old: Config, schemas: Mapping[str, type[PluginSettings] | None]
+    old: Config,
+    schemas: Mapping[str, type[PluginSettings] | None],
+    *,
+    unavailable: Mapping[str, str] | None = None,
 ) -> tuple[Config, list[str]]:
     """Load ``old.path`` again (SIGHUP).
 
@@ -358,7 +375,7 @@ def reload_config(
         marked ``restart``, and ``plugins.NAME.enabled``).
     :raises ConfigError: when the file no longer validates (keep running on ``old``).
     """
-    new = load_config(old.path, schemas)
+    new = load_config(old.path, schemas, unavailable=unavailable)
     changed = _restart_changes("core", old.core, new.core) + _restart_changes("lnd", old.lnd, new.lnd)
     for name in sorted(set(old.enabled) | set(new.enabled)):
         if old.enabled.get(name) != new.enabled.get(name):
@@ -486,6 +503,7 @@ def _deep_merge(
 def _validate_plugins(
     tables: dict[str, Any],
     schemas: Mapping[str, type[PluginSettings] | None],
+    unavailable: set[str],
     context: dict[str, Any],
     problems: list[str],
     overridden: set[tuple[str, ...]],
@@ -509,6 +527,9 @@ def _validate_plugins(
             problems.append(f"plugins.{name}.enabled: expected true or false, got {_kind(on)}")
             on = True
         enabled[name] = on
+        if name in unavailable:
+            plugins[name] = None
+            continue
         if schema is None:
             for key in table:
                 problems.append(
