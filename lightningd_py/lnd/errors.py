@@ -97,6 +97,8 @@ _LONG_B64 = re.compile(r"[A-Za-z0-9+/_=-]{100,}")
 # Fragments of gRPC core's connection failure texts, mapped to a short human reason.
 _CONNECT_REASONS: tuple[tuple[str, str], ...] = (
     ("connection refused", "connection refused"),
+    ("goaway", "LND closed the connection"),
+    ("cancelling all calls", "LND closed the connection"),
     ("handshake", "TLS handshake failed (is lnd.tls_cert LND's current tls.cert?)"),
     ("ssl", "TLS handshake failed (is lnd.tls_cert LND's current tls.cert?)"),
     ("certificate", "TLS certificate rejected (is lnd.tls_cert LND's current tls.cert?)"),
