@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
+from cryptography import x509
+
 from ..errors import ConfigError
 
 __all__ = [
@@ -113,9 +115,7 @@ def _b64decode(value: str, key: str, what: str) -> bytes:
 
 def _split_host(netloc: str, key: str) -> str:
     if not netloc:
-        raise ConfigError(
-            f"{key}: expected lndconnect://HOST:PORT?cert=...&macaroon=..., the host is missing"
-        )
+        raise ConfigError(f"{key}: the host is missing (expected lndconnect://HOST:PORT?...)")
     if netloc.startswith("["):
         close = netloc.find("]")
         if close < 0:
@@ -161,14 +161,22 @@ def parse_lndconnect(uri: str, key: str = "lnd.lndconnect") -> LndConnectURI:
         if raw.lstrip().startswith(b"-----BEGIN"):
             cert_pem = raw
         else:
-            try:
-                cert_pem = ssl.DER_cert_to_PEM_cert(raw).encode()
-            except (ValueError, TypeError):
-                raise ConfigError(f"{key}: the cert parameter is not a DER certificate") from None
+            cert_pem = _der_to_pem(raw)
+            if cert_pem is None:
+                raise ConfigError(f"{key}: the cert parameter is not a DER certificate")
     macaroon = _b64decode(params["macaroon"], key, "macaroon") if params.get("macaroon") else None
     if macaroon is not None and not macaroon:
         macaroon = None
     return LndConnectURI(host=host, cert_pem=cert_pem, macaroon=macaroon)
+
+
+def _der_to_pem(der: bytes) -> bytes | None:
+    """PEM for a DER certificate, or None when the bytes are not one."""
+    try:
+        x509.load_der_x509_certificate(der)
+    except ValueError:
+        return None
+    return ssl.DER_cert_to_PEM_cert(der).encode()
 
 
 def _looks_like_path(value: str) -> bool:
@@ -217,11 +225,11 @@ def _read_cert(path: Path, key: str = "lnd.tls_cert") -> bytes:
         raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
     if b"-----BEGIN CERTIFICATE-----" in data:
         return data
-    try:
-        # A DER file works too; gRPC wants PEM.
-        return ssl.DER_cert_to_PEM_cert(data).encode()
-    except (ValueError, TypeError):
-        raise ConfigError(f"{key}: {path} is not a PEM or DER certificate") from None
+    # A DER file works too; gRPC wants PEM.
+    pem = _der_to_pem(data)
+    if pem is None:
+        raise ConfigError(f"{key}: {path} is not a PEM or DER certificate")
+    return pem
 
 
 def _uri(settings: LndSettingsLike) -> LndConnectURI | None:
