@@ -1,0 +1,475 @@
+"""LND's streams -> the journal: one reader task per stream.
+
+``run_streams`` is started by the supervisor inside the LND link's ``on_active`` (LND
+is SERVER_ACTIVE) and runs until the link cancels it or a stream ends. Each reader
+
+1. subscribes first, then catches up with unary calls (ListInvoices, reconciliation),
+   so nothing falls between the catch-up and the stream's start;
+2. reads its stream in a small reading task into a bounded buffer, and journals
+   whatever arrived together (up to ``BATCH`` messages, no artificial delay) with one
+   ``journal.append(events, positions)``, the stream's resume positions committed in
+   the same transaction.
+
+No plugin code runs here: plugins read the journal on their own tasks.
+
+LND ends its streams with status OK when it shuts down; that, like any stream error,
+raises ``StreamEnded`` (an ``LndError``) out of ``run_streams``, so the link treats it
+as a disconnect and reconnects.
+
+Resume positions (``journal.position(name)``):
+
+- ``invoices.add_index``, ``invoices.settle_index``: LND's invoice indices, every
+  invoice up to them journaled (created / settled);
+- ``invoices.open_floor``: lowest add index that may still be open (see ``expiry``);
+- ``payments.index``: every payment up to it final and journaled;
+- ``forwards.time``: ``timestamp_ns`` of the newest settled forward journaled.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import grpc
+import structlog
+
+from ..errors import LndError
+from ..events import Event
+from . import convert
+from .errors import classify
+from .expiry import ADD_INDEX, OPEN_FLOOR, SETTLE_INDEX, ExpiryTracker
+from .reconcile import (
+    FORWARDS_TIME,
+    PAYMENTS_INDEX,
+    IndexFloor,
+    JournalLike,
+    RecentForwards,
+    StreamEnded,
+    StreamSettings,
+    export_backups,
+    reconcile_channels,
+    reconcile_forwards,
+    reconcile_payments,
+    unary,
+)
+from .rpc import lightning_pb2 as ln
+from .rpc import router_pb2
+
+if TYPE_CHECKING:
+    from ..daemon import NodeStatus
+
+__all__ = [
+    "ADD_INDEX",
+    "BATCH",
+    "FORWARDS_TIME",
+    "OPEN_FLOOR",
+    "PAYMENTS_INDEX",
+    "POSITION_NAMES",
+    "SETTLE_INDEX",
+    "STREAMS",
+    "StreamEnded",
+    "run_streams",
+]
+
+BATCH = 1000
+"""Most messages journaled in one append."""
+
+STREAMS: tuple[str, ...] = ("invoices", "channel_events", "payments", "htlc_events", "peer_events", "backups")
+
+POSITION_NAMES: tuple[str, ...] = (ADD_INDEX, SETTLE_INDEX, OPEN_FLOOR, PAYMENTS_INDEX, FORWARDS_TIME)
+
+_log = structlog.get_logger("lightningd_py.lnd.streams")
+
+# HtlcEvent.EventType.FORWARD
+_FORWARD = 3
+# ForwardEvents waiting for their settle/fail: bounded, oldest dropped first (a
+# settle whose ForwardEvent was dropped or never seen is journaled without amounts).
+_PENDING_FORWARDS = 20_000
+_RESOLVED_FORWARDS = 20_000
+
+
+@dataclass(slots=True)
+class _Readers:
+    """What the readers of one connection share."""
+
+    stubs: Any
+    journal: JournalLike
+    settings: StreamSettings
+    node: NodeStatus
+    expiry: ExpiryTracker
+    tg: anyio.abc.TaskGroup
+    ready: set[str] = field(default_factory=set)
+
+    def mark_ready(self, stream: str) -> None:
+        self.ready.add(stream)
+        if len(self.ready) == len(STREAMS):
+            self.node.active = True
+            _log.info("LND streams subscribed and caught up", streams=len(STREAMS))
+
+
+async def run_streams(
+    stubs: Any,
+    journal: JournalLike,
+    settings: StreamSettings,
+    node: NodeStatus,
+    expiry: ExpiryTracker,
+) -> None:
+    """Read every LND stream into the journal until cancelled or a stream ends.
+
+    :param stubs: the link's ``Stubs`` (``.lightning``, ``.router``, ``.invoices``).
+    :param journal: the daemon's journal.
+    :param settings: the ``[lnd]`` settings (``rpc_timeout``, ``invoice_page_size``,
+        ``invoice_sweep_interval``).
+    :param node: the daemon's ``NodeStatus``; ``active`` is set once every stream is
+        subscribed and caught up, and cleared when this returns.
+    :param expiry: the daemon's one ``ExpiryTracker`` (it outlives connections;
+        built on the same journal and settings).
+    :raises StreamEnded: a stream ended (LND shutting down) or failed.
+    :raises LndError: a catch-up call failed.
+    """
+    try:
+        async with anyio.create_task_group() as tg:
+            readers = _Readers(stubs, journal, settings, node, expiry, tg)
+            tg.start_soon(_invoices, readers)
+            tg.start_soon(_channel_events, readers)
+            tg.start_soon(_payments, readers, IndexFloor())
+            tg.start_soon(_htlc_events, readers, expiry.recent_forwards)
+            tg.start_soon(_peer_events, readers)
+            tg.start_soon(_backups, readers)
+    except BaseExceptionGroup as group:
+        error = _first_lnd_error(group)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        node.active = False
+
+
+def _first_lnd_error(group: BaseExceptionGroup[Any]) -> LndError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, LndError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_lnd_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
+# ---------------------------------------------------------------- the read loop
+
+
+async def _pump(call: Any, stream: str, handle: Callable[[list[Any]], Awaitable[None]]) -> None:
+    """Read ``call`` until it ends, handing what arrived together to ``handle``.
+
+    The reading task fills a buffer of ``BATCH`` messages while ``handle`` journals
+    the previous batch, so a burst is journaled in a few large appends; when the
+    buffer is full, reading waits (gRPC flow control then holds LND back).
+    """
+    send, receive = anyio.create_memory_object_stream[Any](BATCH)
+
+    async def read() -> None:
+        async with send:
+            try:
+                while True:
+                    message = await call.read()
+                    if message is grpc.aio.EOF:
+                        raise StreamEnded(stream)
+                    await send.send(message)
+            except (grpc.RpcError, grpc.aio.UsageError) as exc:
+                error = classify(exc)
+                raise StreamEnded(stream, error.code, error.details, error.kind) from exc
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            async with receive:
+                async for first in receive:
+                    batch = [first]
+                    while len(batch) < BATCH:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                    await handle(batch)
+    finally:
+        call.cancel()
+
+
+def _open(stream: str, method: Callable[..., Any], request: Any) -> Any:
+    try:
+        return method(request)
+    except (grpc.RpcError, grpc.aio.UsageError) as exc:
+        error = classify(exc)
+        raise StreamEnded(stream, error.code, error.details, error.kind) from exc
+
+
+# ---------------------------------------------------------------- invoices
+
+
+async def _invoices(r: _Readers) -> None:
+    tracker = r.expiry
+    offset = tracker.load_positions()
+    request = ln.InvoiceSubscription(add_index=tracker.add_index, settle_index=tracker.settle_index)
+    call = _open("invoices", r.stubs.lightning.SubscribeInvoices, request)
+    try:
+        await _invoice_catch_up(r, offset)
+    except BaseException:
+        call.cancel()
+        raise
+    tracker.loaded = True
+    r.tg.start_soon(tracker.run, r.stubs)
+    r.mark_ready("invoices")
+
+    journal = r.journal
+    created_event = convert.invoice_created
+    state_event = convert.invoice_state_event
+    OPEN, SETTLED, CANCELED = convert.OPEN, convert.SETTLED, convert.CANCELED
+
+    async def handle(batch: list[Any]) -> None:
+        now = time.time()
+        events: list[Event] = []
+        closing: list[str] = []
+        for inv in batch:
+            state = inv.state
+            add_index = inv.add_index
+            if state == OPEN:
+                # Replays repeat what is known; LND sends each addition once.
+                if add_index <= tracker.add_index:
+                    continue
+                created = created_event(inv, now)
+                events.append(created)
+                tracker.track(inv, created)
+                tracker.add_index = add_index
+                continue
+            if state == SETTLED:
+                settle_index = inv.settle_index
+                if settle_index <= tracker.settle_index:
+                    continue
+                tracker.settle_index = settle_index
+            if add_index > tracker.add_index:
+                events.append(created_event(inv, now))
+                tracker.add_index = add_index
+            event = state_event(inv, now)
+            if event is not None:
+                events.append(event)
+            if state == SETTLED or state == CANCELED:
+                closing.append(event.payment_hash if event is not None else inv.r_hash.hex())
+            else:
+                tracker.track(inv)
+        if events:
+            await journal.append(events, tracker.positions())
+        for payment_hash in closing:
+            tracker.forget(payment_hash)
+
+    await _pump(call, "invoices", handle)
+
+
+async def _invoice_catch_up(r: _Readers, offset: int) -> None:
+    """Journal every invoice from ``offset`` (exclusive) on, in its current state:
+    the whole history on first sync, else what changed while disconnected."""
+    tracker = r.expiry
+    known_add = tracker.add_index
+    known_settle = tracker.settle_index
+    newest_settle = known_settle
+    page_size = r.settings.invoice_page_size
+    pages = 0
+    while True:
+        request = ln.ListInvoiceRequest(index_offset=offset, num_max_invoices=page_size)
+        page = await unary(r.stubs.lightning.ListInvoices, request, r.settings.rpc_timeout)
+        invoices = page.invoices
+        last_page = len(invoices) < page_size
+        now = time.time()
+        events: list[Event] = []
+        closing: list[str] = []
+        for inv in invoices:
+            add_index = inv.add_index
+            state = inv.state
+            new = add_index > known_add
+            created = convert.invoice_created(inv, now) if new else None
+            if created is not None:
+                events.append(created)
+            if add_index > tracker.add_index:
+                tracker.add_index = add_index
+            if state == convert.OPEN:
+                tracker.track(inv, created)
+                continue
+            payment_hash = inv.r_hash.hex()
+            if state == convert.SETTLED:
+                if inv.settle_index > newest_settle:
+                    newest_settle = inv.settle_index
+                if new or inv.settle_index > known_settle or payment_hash in tracker:
+                    events.append(convert.invoice_state_event(inv, now))  # type: ignore[arg-type]
+                    closing.append(payment_hash)
+            elif state == convert.ACCEPTED:
+                events.append(convert.invoice_state_event(inv, now))  # type: ignore[arg-type]
+                tracker.track(inv, created)
+            elif state == convert.CANCELED:
+                # At or above the floor: open when last seen, or closed out of order.
+                events.append(convert.invoice_closed_event(inv, now))
+                closing.append(payment_hash)
+        if last_page:
+            # Every settlement up to now has been read: the settle index may move.
+            tracker.settle_index = max(tracker.settle_index, newest_settle)
+        if events or last_page or pages % 10 == 9:
+            await r.journal.append(events, tracker.positions())
+        for payment_hash in closing:
+            tracker.forget(payment_hash)
+        pages += 1
+        if last_page or page.last_index_offset <= offset:
+            break
+        offset = page.last_index_offset
+    if tracker.settle_index < newest_settle:
+        tracker.settle_index = newest_settle
+        await r.journal.append([], tracker.positions())
+    _log.debug("invoice catch-up done", pages=pages, add_index=tracker.add_index, open=len(tracker))
+
+
+# ---------------------------------------------------------------- channels, peers, backups
+
+
+async def _channel_events(r: _Readers) -> None:
+    call = _open("channel_events", r.stubs.lightning.SubscribeChannelEvents, ln.ChannelEventSubscription())
+    try:
+        await reconcile_channels(r.stubs, r.journal, r.settings)
+    except BaseException:
+        call.cancel()
+        raise
+    r.mark_ready("channel_events")
+    journal = r.journal
+
+    async def handle(batch: list[Any]) -> None:
+        now = time.time()
+        events = [e for e in (convert.channel_event(m, now) for m in batch) if e is not None]
+        if events:
+            await journal.append(events)
+
+    await _pump(call, "channel_events", handle)
+
+
+async def _peer_events(r: _Readers) -> None:
+    call = _open("peer_events", r.stubs.lightning.SubscribePeerEvents, ln.PeerEventSubscription())
+    r.mark_ready("peer_events")
+    journal = r.journal
+
+    async def handle(batch: list[Any]) -> None:
+        now = time.time()
+        await journal.append([convert.peer_event(m, now) for m in batch])
+
+    await _pump(call, "peer_events", handle)
+
+
+async def _backups(r: _Readers) -> None:
+    call = _open("backups", r.stubs.lightning.SubscribeChannelBackups, ln.ChannelBackupSubscription())
+    try:
+        await export_backups(r.stubs, r.journal, r.settings)
+    except BaseException:
+        call.cancel()
+        raise
+    r.mark_ready("backups")
+    journal = r.journal
+
+    async def handle(batch: list[Any]) -> None:
+        # Each snapshot covers every channel: only the newest of a burst matters.
+        event = convert.backup_event(batch[-1])
+        if event is not None:
+            await journal.append([event])
+
+    await _pump(call, "backups", handle)
+
+
+# ---------------------------------------------------------------- payments
+
+
+async def _payments(r: _Readers, floor: IndexFloor) -> None:
+    request = router_pb2.TrackPaymentsRequest(no_inflight_updates=True)
+    call = _open("payments", r.stubs.router.TrackPayments, request)
+    try:
+        await reconcile_payments(r.stubs, r.journal, r.settings, floor)
+    except BaseException:
+        call.cancel()
+        raise
+    r.mark_ready("payments")
+    journal = r.journal
+
+    async def handle(batch: list[Any]) -> None:
+        now = time.time()
+        events: list[Event] = []
+        for payment in batch:
+            event = convert.payment_event(payment, now)
+            if event is not None:
+                events.append(event)
+                floor.finished(payment.payment_index)
+        if events:
+            await journal.append(events, {PAYMENTS_INDEX: floor.value})
+
+    await _pump(call, "payments", handle)
+
+
+# ---------------------------------------------------------------- forwards
+
+
+async def _htlc_events(r: _Readers, recent: RecentForwards) -> None:
+    call = _open("htlc_events", r.stubs.router.SubscribeHtlcEvents, router_pb2.SubscribeHtlcEventsRequest())
+    try:
+        await reconcile_forwards(r.stubs, r.journal, r.settings, recent)
+    except BaseException:
+        call.cancel()
+        raise
+    r.mark_ready("htlc_events")
+    journal = r.journal
+    # key -> (incoming amt msat, outgoing amt msat), from the ForwardEvent.
+    pending: OrderedDict[tuple[int, int, int, int], tuple[int, int]] = OrderedDict()
+    # HTLC events may repeat: keys already resolved are skipped before the journal.
+    resolved: OrderedDict[tuple[int, int, int, int], None] = OrderedDict()
+    newest = r.journal.position(FORWARDS_TIME) or 0
+
+    async def handle(batch: list[Any]) -> None:
+        nonlocal newest
+        now = time.time()
+        events: list[Event] = []
+        for htlc in batch:
+            if htlc.event_type != _FORWARD:
+                continue
+            key = (
+                htlc.incoming_channel_id,
+                htlc.incoming_htlc_id,
+                htlc.outgoing_channel_id,
+                htlc.outgoing_htlc_id,
+            )
+            kind = htlc.WhichOneof("event")
+            if kind == "forward_event":
+                if key not in resolved:
+                    info = htlc.forward_event.info
+                    pending[key] = (info.incoming_amt_msat, info.outgoing_amt_msat)
+                    if len(pending) > _PENDING_FORWARDS:
+                        pending.popitem(last=False)
+                continue
+            if kind not in ("settle_event", "forward_fail_event", "link_fail_event") or key in resolved:
+                continue
+            resolved[key] = None
+            if len(resolved) > _RESOLVED_FORWARDS:
+                resolved.popitem(last=False)
+            ts = htlc.timestamp_ns
+            if kind == "link_fail_event":
+                link_fail = htlc.link_fail_event
+                pending.pop(key, None)
+                amounts = (link_fail.info.incoming_amt_msat, link_fail.info.outgoing_amt_msat)
+                events.append(convert.forward_failed(key, *amounts, ts, convert.link_failure(link_fail), now))
+                continue
+            amt_in, amt_out = pending.pop(key, (0, 0))
+            if kind == "settle_event":
+                events.append(convert.forward_settled(key, amt_in, amt_out, ts, now))
+                recent.add(key[0], key[2], amt_in, amt_out, ts)
+                if ts > newest:
+                    newest = ts
+            else:
+                events.append(convert.forward_failed(key, amt_in, amt_out, ts, "downstream failure", now))
+        if events:
+            await journal.append(events, {FORWARDS_TIME: newest} if newest else None)
+
+    await _pump(call, "htlc_events", handle)
