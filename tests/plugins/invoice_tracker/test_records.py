@@ -1,0 +1,164 @@
+"""The tracker's tables on a real sqlite store: event upserts, creation records in
+either order, history, redelivery, listing and cursors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from lightningd_py.events import (
+    InvoiceAccepted,
+    InvoiceCanceled,
+    InvoiceCreated,
+    InvoiceExpired,
+    InvoiceSettled,
+)
+from lightningd_py.plugins.invoice_tracker import records
+from lightningd_py.store import Store, StoreHandle
+
+pytestmark = pytest.mark.anyio
+
+H1 = "11" * 32
+H2 = "22" * 32
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[StoreHandle]:
+    backend = Store(tmp_path / "db.sqlite")
+    backend.open()
+    backend.migrate("invoice_tracker", records.migrations())
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.run)
+        yield backend.handle("invoice_tracker")
+        tg.cancel_scope.cancel()
+    await backend.close()
+
+
+def created(h: str = H1, event_id: int = 1, **kw: object) -> InvoiceCreated:
+    now = int(time.time())
+    fields = dict(
+        id=event_id,
+        payment_hash=h,
+        payment_request="lnbcrt1fake",
+        memo="coffee",
+        value_msat=5000,
+        creation_date=now,
+        expiry=3600,
+        add_index=event_id,
+    )
+    fields.update(kw)
+    return InvoiceCreated(**fields)  # type: ignore[arg-type]
+
+
+async def apply(store: StoreHandle, *events: object) -> None:
+    for event in events:
+        await records.apply_event(store, event)  # type: ignore[arg-type]
+    await store.flush()
+
+
+async def test_event_then_creation_keeps_both(store: StoreHandle) -> None:
+    await apply(store, created())
+    await records.record_creation(
+        store,
+        records.CreatedInvoice(
+            payment_hash=H1,
+            payment_request="lnbcrt1fake",
+            memo="coffee",
+            value_msat=5000,
+            created_at=1,
+            expires_at=2,
+            fiat_currency="EUR",
+            fiat_amount="2.50",
+            exchange_rate="50000",
+            metadata={"order": "A-1"},
+        ),
+    )
+    inv = await records.get_invoice(store, H1)
+    assert inv is not None
+    assert inv["status"] == "pending"
+    assert inv["expires_at"] > time.time()  # LND's times kept, not the creator's
+    assert inv["fiat"] == {"currency": "EUR", "amount": "2.50", "exchange_rate": "50000"}
+    assert inv["metadata"] == {"order": "A-1"}
+
+
+async def test_creation_then_events(store: StoreHandle) -> None:
+    now = int(time.time())
+    await records.record_creation(
+        store,
+        records.CreatedInvoice(
+            payment_hash=H1,
+            payment_request="lnbcrt1fake",
+            memo="coffee",
+            value_msat=5000,
+            created_at=now,
+            expires_at=now + 3600,
+            metadata={"customer": "c-9"},
+        ),
+    )
+    await apply(
+        store,
+        created(),
+        InvoiceSettled(
+            id=2, payment_hash=H1, amt_paid_msat=5000, settle_date=now, settle_index=1, preimage="ab" * 32
+        ),
+    )
+    inv = await records.get_invoice(store, H1)
+    assert inv is not None
+    assert inv["status"] == "paid"
+    assert inv["amount_paid_msat"] == 5000
+    assert inv["preimage"] == "ab" * 32
+    assert inv["metadata"] == {"customer": "c-9"}
+    assert inv["memo"] == "coffee"  # the settled event's empty memo does not erase it
+    assert [h["status"] for h in await records.invoice_history(store, H1)] == ["pending", "paid"]
+
+
+async def test_redelivery_and_late_events_change_nothing(store: StoreHandle) -> None:
+    settled = InvoiceSettled(id=2, payment_hash=H1, amt_paid_msat=5000, settle_date=10)
+    await apply(store, created(), settled)
+    await apply(store, created(), settled, InvoiceExpired(id=3, payment_hash=H1))
+    inv = await records.get_invoice(store, H1)
+    assert inv is not None and inv["status"] == "paid"
+    history = await records.invoice_history(store, H1)
+    assert [(h["event_id"], h["status"]) for h in history] == [(1, "pending"), (2, "paid"), (3, "expired")]
+
+
+async def test_hold_invoice_and_cancel(store: StoreHandle) -> None:
+    await apply(store, created(), InvoiceAccepted(id=2, payment_hash=H1, amt_paid_msat=5000))
+    assert (await records.get_invoice(store, H1))["status"] == "accepted"  # type: ignore[index]
+    await apply(store, InvoiceCanceled(id=3, payment_hash=H1))
+    assert (await records.get_invoice(store, H1))["status"] == "canceled"  # type: ignore[index]
+
+
+async def test_unpaid_past_expiry_reads_as_expired(store: StoreHandle) -> None:
+    await apply(store, created(creation_date=int(time.time()) - 100, expiry=60))
+    assert (await records.get_invoice(store, H1))["status"] == "expired"  # type: ignore[index]
+    page, _ = await records.list_invoices(store, status="expired")
+    assert [i["payment_hash"] for i in page] == [H1]
+    page, _ = await records.list_invoices(store, status="pending")
+    assert page == []
+
+
+async def test_list_pages_with_cursor_and_filters(store: StoreHandle) -> None:
+    base = int(time.time())
+    hashes = [f"{i:064x}" for i in range(7)]
+    await apply(store, *[created(h, i + 1, creation_date=base + i) for i, h in enumerate(hashes)])
+    await apply(store, InvoiceSettled(id=100, payment_hash=hashes[3], amt_paid_msat=1))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = await records.list_invoices(store, limit=3, cursor=cursor)
+        seen += [i["payment_hash"] for i in page]
+        if cursor is None:
+            break
+    assert seen == hashes[::-1]
+    paid, _ = await records.list_invoices(store, status="paid")
+    assert [i["payment_hash"] for i in paid] == [hashes[3]]
+    window, _ = await records.list_invoices(store, created_after=base + 2, created_before=base + 4)
+    assert [i["payment_hash"] for i in window] == [hashes[3], hashes[2]]
+    with pytest.raises(ValueError):
+        await records.list_invoices(store, cursor="not-a-cursor")
+    assert await records.get_invoice(store, H2) is None
