@@ -55,6 +55,7 @@ __all__ = [
     "SecretValue",
     "default_config_path",
     "load_config",
+    "merge_tables",
     "reload_config",
     "resolve_secret_ref",
     "split_host_port",
@@ -203,7 +204,7 @@ class LndSettings(BaseModel):
     max_receive_mb: int = Field(
         50,
         ge=50,
-        json_schema_extra=_restart(hint="LND's replies (graph, invoice pages) exceed gRPC's 4 MiB default"),
+        json_schema_extra=_restart(hint="LND replies can exceed gRPC's 4 MiB default"),
     )
     invoice_sweep_interval: float = Field(60.0, gt=0, json_schema_extra=_restart())
     invoice_page_size: int = Field(1000, ge=1, le=10000, json_schema_extra=_restart())
@@ -405,12 +406,12 @@ def write_override(config: Config, plugin: str, table: Mapping[str, Any]) -> Pat
     if problems:
         raise ConfigError(problems, path=str(target))
     updated = dict(current)
-    updated[plugin] = _deep_merge(current.get(plugin, {}), dict(table), set(), ())
+    updated[plugin] = merge_tables(current.get(plugin, {}), table)
 
     settings = config.plugins.get(plugin)
     if settings is not None:
         operator = _read_toml(config.path).get("plugins", {}).get(plugin, {})
-        merged = _deep_merge(operator, updated[plugin], set(), ())
+        merged = merge_tables(operator, updated[plugin])
         merged.pop("enabled", None)
         context = {"base_dir": config.path.parent, "state_dir": config.core.state_dir}
         _validate(type(settings), merged, ("plugins", plugin), context, problems)
@@ -436,6 +437,12 @@ def write_override(config: Config, plugin: str, table: Mapping[str, Any]) -> Pat
     finally:
         os.close(dir_fd)
     return target
+
+
+def merge_tables(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` deep-merged into ``base`` (neither is changed): tables merge key by key,
+    other values are replaced, and a value of None removes the key."""
+    return _deep_merge(base, over, set(), ())
 
 
 # ---------------------------------------------------------------- internals
@@ -632,12 +639,11 @@ def _describe(model: type[BaseModel], error: Mapping[str, Any]) -> list[tuple[tu
         return [(loc, f"URL scheme must be {schemes}")]
     if kind == "url_parsing":
         return [(loc, f"not a valid URL ({ctx.get('error', 'unparsable')})")]
-    if kind in ("string_too_short", "too_short"):
-        unit = "characters" if kind.startswith("string") else "items"
-        return [(loc, f"must have at least {ctx.get('min_length')} {unit}")]
-    if kind in ("string_too_long", "too_long"):
-        unit = "characters" if kind.startswith("string") else "items"
-        return [(loc, f"must have at most {ctx.get('max_length')} {unit}")]
+    if kind in ("string_too_short", "too_short", "string_too_long", "too_long"):
+        count = ctx.get("min_length") if kind.endswith("short") else ctx.get("max_length")
+        unit = "character" if kind.startswith("string") else "item"
+        bound = "at least" if kind.endswith("short") else "at most"
+        return [(loc, f"must have {bound} {count} {unit}{'' if count == 1 else 's'}")]
     if kind == "string_pattern_mismatch":
         return [(loc, f"must match the pattern {ctx.get('pattern')}")]
     if kind in ("value_error", "assertion_error"):
