@@ -95,6 +95,8 @@ def channel_options(settings: LndSettingsLike) -> list[tuple[str, Any]]:
         ("grpc.keepalive_time_ms", int(max(10.0, settings.keepalive_interval) * 1000)),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 0),
+        # Keep pinging an idle but open stream (the State stream), or a dead peer goes unseen.
+        ("grpc.http2.max_pings_without_data", 0),
         ("grpc.primary_user_agent", "lightningd-py"),
     ]
 
