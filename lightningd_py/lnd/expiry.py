@@ -151,8 +151,19 @@ class ExpiryTracker:
 
     def forget(self, payment_hash: str) -> None:
         """Stop tracking (its end has been journaled)."""
-        self._open.pop(payment_hash, None)
-        self._to_follow.discard(payment_hash)
+        if self._open.pop(payment_hash, None) is not None:
+            self._to_follow.discard(payment_hash)
+            # Heaps drop forgotten entries lazily; rebuild them before the stale
+            # entries of a long burst of settlements pile up.
+            if len(self._due) > 4 * len(self._open) + 4096:
+                self._compact()
+
+    def _compact(self) -> None:
+        self._due = [(e.due, h) for h, e in self._open.items()]
+        heapq.heapify(self._due)
+        self._by_add = [(e.created.add_index, h) for h, e in self._open.items()]
+        heapq.heapify(self._by_add)
+        self._next_due = self._due[0][0] if self._due else float("inf")
 
     def floor(self) -> int:
         """``invoices.open_floor``: the lowest add index still tracked, else the next

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -85,6 +85,10 @@ class JournalLike(Protocol):
     ) -> list[int]: ...
 
     def position(self, name: str) -> int | None: ...
+
+    async def read(
+        self, after: int, limit: int = 500, types: Collection[str] | None = None
+    ) -> list[Event]: ...
 
 
 async def unary(method: Callable[..., Awaitable[_T]], request: Any, deadline: float) -> _T:

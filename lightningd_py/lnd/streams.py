@@ -38,7 +38,7 @@ import grpc
 import structlog
 
 from ..errors import LndError
-from ..events import Event
+from ..events import Event, InvoiceEvent, InvoiceExpired
 from . import convert
 from .errors import classify
 from .expiry import ADD_INDEX, OPEN_FLOOR, SETTLE_INDEX, ExpiryTracker
@@ -278,6 +278,7 @@ async def _invoice_catch_up(r: _Readers, offset: int) -> None:
     newest_settle = known_settle
     page_size = r.settings.invoice_page_size
     pages = 0
+    canceled: set[str] | None = None
     while True:
         request = ln.ListInvoiceRequest(index_offset=offset, num_max_invoices=page_size)
         page = await unary(r.stubs.lightning.ListInvoices, request, r.settings.rpc_timeout)
@@ -310,7 +311,14 @@ async def _invoice_catch_up(r: _Readers, offset: int) -> None:
                 tracker.track(inv, created)
             elif state == convert.CANCELED:
                 # At or above the floor: open when last seen, or closed out of order.
-                events.append(convert.invoice_closed_event(inv, now))
+                closed = convert.invoice_closed_event(inv, now)
+                if not new and payment_hash not in tracker and isinstance(closed, InvoiceExpired):
+                    # Seen canceled before its expiry, it was journaled as canceled.
+                    if canceled is None:
+                        canceled = await _journaled_cancels(r.journal)
+                    if payment_hash in canceled:
+                        continue
+                events.append(closed)
                 closing.append(payment_hash)
         if last_page:
             # Every settlement up to now has been read: the settle index may move.
@@ -327,6 +335,18 @@ async def _invoice_catch_up(r: _Readers, offset: int) -> None:
         tracker.settle_index = newest_settle
         await r.journal.append([], tracker.positions())
     _log.debug("invoice catch-up done", pages=pages, add_index=tracker.add_index, open=len(tracker))
+
+
+async def _journaled_cancels(journal: JournalLike) -> set[str]:
+    """Hashes of every invoice journaled as canceled (rare: explicit cancellations)."""
+    found: set[str] = set()
+    after = 0
+    while True:
+        batch = await journal.read(after, limit=5000, types=("invoice.canceled",))
+        if not batch:
+            return found
+        found.update(e.payment_hash for e in batch if isinstance(e, InvoiceEvent))
+        after = batch[-1].id
 
 
 # ---------------------------------------------------------------- channels, peers, backups
