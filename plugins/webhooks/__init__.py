@@ -1,1 +1,158 @@
-"""lightningd-py."""
+"""webhooks: push the node's events to the merchant's backends, signed, retried, never lost.
+
+Each journal event a configured endpoint subscribed to becomes an outbox row (one per
+endpoint, keyed by its webhook-id) in the same batch that moves this plugin's journal
+cursor, so a crash can only make an event be handled again, never skipped. Delivery
+workers POST the rows with Standard Webhooks signatures and retry on a schedule.
+See docs/webhooks.md for the event catalogue and how consumers verify signatures.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from lightningd_py.hookspecs import hookimpl
+
+from .outbox import MIGRATIONS
+from .routes import register_routes
+from .service import WebhookService
+from .settings import WebhooksSettings
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from lightningd_py.daemon import Daemon
+    from lightningd_py.events import (
+        ChannelEvent,
+        Event,
+        ForwardEvent,
+        InvoiceEvent,
+        NodeStateEvent,
+        PaymentEvent,
+    )
+    from lightningd_py.store import Migration
+    from lightningd_py.web import RouteRegistry
+
+__all__ = [
+    "WebhookService",
+    "WebhooksSettings",
+    "ldp_background_tasks",
+    "ldp_channel_event",
+    "ldp_config_reloaded",
+    "ldp_config_schema",
+    "ldp_event",
+    "ldp_forward_event",
+    "ldp_health",
+    "ldp_invoice_event",
+    "ldp_journal_start",
+    "ldp_migrations",
+    "ldp_node_state",
+    "ldp_payment_event",
+    "ldp_register_metrics",
+    "ldp_register_routes",
+    "ldp_shutdown",
+    "ldp_startup",
+    "service_for",
+]
+
+# The running service of each daemon handle (one per daemon; tests run several).
+_services: weakref.WeakKeyDictionary[Daemon, WebhookService] = weakref.WeakKeyDictionary()
+
+
+def service_for(daemon: Daemon) -> WebhookService:
+    """The plugin's running service for this daemon (after ``ldp_startup``)."""
+    return _services[daemon]
+
+
+@hookimpl
+def ldp_config_schema() -> type[WebhooksSettings]:
+    return WebhooksSettings
+
+
+@hookimpl
+def ldp_migrations() -> list[Migration]:
+    return list(MIGRATIONS)
+
+
+@hookimpl
+def ldp_journal_start(daemon: Daemon) -> str:
+    # Enabling webhooks on an old database must not push its whole history.
+    return "end"
+
+
+@hookimpl
+async def ldp_startup(daemon: Daemon) -> None:
+    settings = daemon.settings if isinstance(daemon.settings, WebhooksSettings) else WebhooksSettings()
+    service = WebhookService(daemon, settings)
+    await service.open()
+    _services[daemon] = service
+
+
+@hookimpl
+def ldp_background_tasks(daemon: Daemon) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+    service = _services[daemon]
+    return [("delivery", service.run), ("prune", service.prune)]
+
+
+@hookimpl
+def ldp_config_reloaded(daemon: Daemon) -> None:
+    if isinstance(daemon.settings, WebhooksSettings):
+        _services[daemon].reload(daemon.settings)
+
+
+@hookimpl
+async def ldp_shutdown(daemon: Daemon) -> None:
+    service = _services.pop(daemon, None)
+    if service is not None:
+        await service.close()
+
+
+@hookimpl
+async def ldp_invoice_event(daemon: Daemon, event: InvoiceEvent) -> None:
+    await _services[daemon].handle_event(event)
+
+
+@hookimpl
+async def ldp_payment_event(daemon: Daemon, event: PaymentEvent) -> None:
+    await _services[daemon].handle_event(event)
+
+
+@hookimpl
+async def ldp_channel_event(daemon: Daemon, event: ChannelEvent) -> None:
+    await _services[daemon].handle_event(event)
+
+
+@hookimpl
+async def ldp_forward_event(daemon: Daemon, event: ForwardEvent) -> None:
+    await _services[daemon].handle_event(event)
+
+
+@hookimpl
+async def ldp_node_state(daemon: Daemon, event: NodeStateEvent) -> None:
+    await _services[daemon].handle_event(event)
+
+
+@hookimpl
+async def ldp_event(daemon: Daemon, event: Event) -> None:
+    await _services[daemon].handle_event(event)
+
+
+@hookimpl
+def ldp_register_routes(daemon: Daemon, router: RouteRegistry) -> None:
+    register_routes(_services[daemon], router)
+
+
+@hookimpl
+def ldp_register_metrics(daemon: Daemon, registry: CollectorRegistry) -> None:
+    _services[daemon].metrics.register(registry)
+
+
+@hookimpl
+def ldp_health(daemon: Daemon) -> Mapping[str, Any] | None:
+    service = _services.get(daemon)
+    if service is None:
+        return None
+    # Endpoint trouble is the receiver's, not the daemon's: reported, never unhealthy.
+    return {"ok": True, "endpoints": {name: w.health() for name, w in service.workers.items()}}
