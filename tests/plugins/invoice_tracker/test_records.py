@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from lightningd_py.plugins.invoice_tracker import records
 
 from lightningd_py.events import (
     InvoiceAccepted,
@@ -17,7 +18,6 @@ from lightningd_py.events import (
     InvoiceExpired,
     InvoiceSettled,
 )
-from lightningd_py.plugins.invoice_tracker import records
 from lightningd_py.store import Store, StoreHandle
 
 pytestmark = pytest.mark.anyio
