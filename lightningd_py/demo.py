@@ -1,0 +1,415 @@
+"""``lightningd-py demo``: a simulated LND node, the daemon with every built-in plugin,
+a local webhook receiver and a trickle of payments, all on this machine.
+
+The process handles used here (``SimnetProcess``, ``DaemonProcess``) are the same ones
+the pytest fixtures in ``lightningd_py.testing`` use; they live here because the demo
+runs without pytest installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tomli_w
+
+from .config import merge_tables
+
+__all__ = [
+    "DaemonProcess",
+    "NotifyListener",
+    "SimnetProcess",
+    "daemon_config",
+    "free_port",
+    "run_demo",
+    "wait_for",
+    "write_config",
+]
+
+T = TypeVar("T")
+
+
+def free_port(host: str = "127.0.0.1", preferred: int | None = None) -> int:
+    """``preferred`` if it can be bound on ``host``, else a free port the kernel picks."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError(f"no free port on {host}")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    :raises TimeoutError: when ``timeout`` seconds pass first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"condition not met within {timeout:g} s")
+        time.sleep(interval)
+
+
+def write_config(path: Path, data: Mapping[str, Any]) -> Path:
+    """Write a config file with tomli-w, readable only by its owner (it holds secrets)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(tomli_w.dumps(data).encode())
+    return path
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------- sd_notify
+
+
+class NotifyListener:
+    """A ``NOTIFY_SOCKET`` (abstract unix datagram socket) that records every sd_notify
+    field (``"READY=1"``, ``"STATUS=..."``) the daemon sends, in order."""
+
+    def __init__(self) -> None:
+        self.address = f"@ldp-notify-{uuid.uuid4().hex}"
+        self.fields: list[str] = []
+        self._cond = threading.Condition()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind("\0" + self.address[1:])
+        self._sock.settimeout(0.1)
+        self._closed = False
+        self._thread = threading.Thread(target=self._receive, name="notify-listener", daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._closed:
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._cond:
+                self.fields.extend(f for f in data.decode(errors="replace").split("\n") if f)
+                self._cond.notify_all()
+
+    def wait(self, predicate: Callable[[list[str]], bool], timeout: float) -> bool:
+        """Wait until ``predicate(fields)`` holds; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self.fields), timeout)
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(1.0)
+        self._sock.close()
+
+
+# ---------------------------------------------------------------- simnet
+
+
+class SimnetProcess:
+    """``python -m lightningd_py.simnet --dir DIR`` as a child process.
+
+    simnet prints one JSON line once it serves (``grpc``, ``control``, ``tls_cert``,
+    ``admin_macaroon``, ...); its fields are available as attributes after ``start``.
+    """
+
+    def __init__(self, directory: Path, *, args: Sequence[str] = (), env: Mapping[str, str] | None = None):
+        self.directory = Path(directory)
+        self.args = list(args)
+        self.env = dict(env or {})
+        self.log_path = self.directory / "simnet.log"
+        self.info: dict[str, Any] = {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self._control: Any = None
+
+    def start(self, timeout: float = 30.0) -> SimnetProcess:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        command = [sys.executable, "-m", "lightningd_py.simnet", "--dir", str(self.directory), *self.args]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+            )
+        try:
+            self.info = wait_for(lambda: self._ready_line(offset), timeout, 0.01)
+        except TimeoutError:
+            self.stop()
+            raise TimeoutError(f"simnet not ready within {timeout:g} s:\n{_tail(self.log_path)}") from None
+        self._control = None
+        return self
+
+    def _ready_line(self, offset: int) -> dict[str, Any] | None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"simnet exited with {self.process.returncode}:\n{_tail(self.log_path)}")
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            for line in log:
+                if line.startswith(b"{"):
+                    try:
+                        info = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(info, dict) and "grpc" in info:
+                        return info
+        return None
+
+    @property
+    def grpc(self) -> str:
+        """simnet's gRPC ``host:port`` (what ``lnd.host`` points at)."""
+        return str(self.info["grpc"])
+
+    @property
+    def control_url(self) -> str:
+        return str(self.info["control"])
+
+    @property
+    def control(self) -> Any:
+        """A ``lightningd_py.simnet.control.SimnetControl`` client for this simnet."""
+        if self._control is None:
+            from .simnet.control import SimnetControl
+
+            self._control = SimnetControl(self.control_url)
+        return self._control
+
+    def _path(self, key: str) -> Path:
+        return Path(self.info[key])
+
+    @property
+    def tls_cert(self) -> Path:
+        return self._path("tls_cert")
+
+    @property
+    def admin_macaroon(self) -> Path:
+        return self._path("admin_macaroon")
+
+    @property
+    def invoice_macaroon(self) -> Path:
+        return self._path("invoice_macaroon")
+
+    @property
+    def readonly_macaroon(self) -> Path:
+        return self._path("readonly_macaroon")
+
+    @property
+    def lnddir(self) -> Path:
+        return Path(self.info.get("lnddir") or self.directory)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; the exit status."""
+        proc, self.process = self.process, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def restart(self, timeout: float = 30.0) -> SimnetProcess:
+        """Stop and start again on the same directory (and so the same node)."""
+        self.stop()
+        return self.start(timeout)
+
+
+# ---------------------------------------------------------------- daemon
+
+
+def daemon_config(
+    simnet: SimnetProcess,
+    state_dir: Path,
+    *,
+    api_listen: str,
+    metrics_listen: str,
+    token_hashes: Mapping[str, str],
+    core: Mapping[str, Any] | None = None,
+    lnd: Mapping[str, Any] | None = None,
+    plugins: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A config table pointing at ``simnet`` (admin macaroon), with the HTTP API and
+    metrics on the given addresses and one API token per role (``{role: sha256}``);
+    ``core``/``lnd``/``plugins`` are deep-merged over it."""
+    data: dict[str, Any] = {
+        "core": {"state_dir": str(state_dir), "log_format": "json"},
+        "lnd": {
+            "host": simnet.grpc,
+            "tls_cert": str(simnet.tls_cert),
+            "macaroon": str(simnet.admin_macaroon),
+        },
+        "plugins": {
+            "http_api": {
+                "listen": api_listen,
+                "tokens": [{"name": role, "role": role, "sha256": sha} for role, sha in token_hashes.items()],
+            },
+            "metrics": {"listen": metrics_listen},
+        },
+    }
+    return merge_tables(data, {"core": core or {}, "lnd": lnd or {}, "plugins": plugins or {}})
+
+
+class DaemonProcess:
+    """``lightningd-py run --config PATH`` as a child process with its own NOTIFY_SOCKET.
+
+    :ivar notifications: every sd_notify field received, in order, across restarts.
+    """
+
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        api_url: str = "",
+        metrics_url: str = "",
+        tokens: Mapping[str, str] | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.config_path = Path(config_path)
+        self.log_path = Path(log_path)
+        self.env = dict(env or {})
+        self.api_url = api_url
+        self.metrics_url = metrics_url
+        self.tokens = dict(tokens or {})
+        self.state_dir = state_dir
+        self.process: subprocess.Popen[bytes] | None = None
+        self._listener = NotifyListener()
+        self.notifications = self._listener.fields
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll() if self.process is not None else None
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 20.0) -> DaemonProcess:
+        """Start the daemon; with ``wait_ready`` return once it sent READY=1.
+
+        :raises RuntimeError: the daemon exited first (the message has its log's tail).
+        :raises TimeoutError: no READY=1 within ``timeout`` (the daemon is killed).
+        """
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env, "NOTIFY_SOCKET": self._listener.address}
+        for key in ("WATCHDOG_USEC", "WATCHDOG_PID"):
+            if key not in self.env:
+                env.pop(key, None)
+        mark = len(self.notifications)
+        command = [sys.executable, "-m", "lightningd_py.cli", "run", "--config", str(self.config_path)]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
+        if wait_ready:
+            self.wait_notification("READY=1", timeout, after=mark)
+        return self
+
+    def wait_notification(self, field: str, timeout: float = 10.0, *, after: int = 0) -> str:
+        """Wait for an sd_notify field equal to ``field``, or starting with it when it ends
+        with ``=`` (``"STATUS="``), among those received after index ``after``."""
+        proc = self.process
+
+        def seen(fields: list[str]) -> bool:
+            return any(f == field or (field.endswith("=") and f.startswith(field)) for f in fields[after:])
+
+        deadline = time.monotonic() + timeout
+        while not self._listener.wait(seen, 0.05):
+            if proc is not None and proc.poll() is not None:
+                # The last datagrams may still be in flight.
+                if self._listener.wait(seen, 0.2):
+                    break
+                raise RuntimeError(
+                    f"lightningd-py exited with {proc.returncode} before {field}:\n{_tail(self.log_path)}"
+                )
+            if time.monotonic() >= deadline:
+                self.kill9()
+                raise TimeoutError(
+                    f"no {field} from lightningd-py within {timeout:g} s:\n{_tail(self.log_path)}"
+                )
+        return next(f for f in self.notifications[after:] if f == field or f.startswith(field))
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None:
+            self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait; the exit status.
+
+        :raises TimeoutError: the daemon did not exit in ``timeout`` (it is then killed).
+        """
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise TimeoutError(
+                    f"lightningd-py ignored SIGTERM for {timeout:g} s:\n{_tail(self.log_path)}"
+                ) from None
+        return proc.returncode
+
+    def kill9(self) -> None:
+        """SIGKILL: a crash, as far as the daemon's state is concerned."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self, *, wait_ready: bool = True, timeout: float = 20.0) -> DaemonProcess:
+        """Stop (if running) and start again with the same config and state."""
+        self.stop()
+        return self.start(wait_ready=wait_ready, timeout=timeout)
+
+    def logs(self) -> str:
+        """Everything the daemon wrote to stdout and stderr, across restarts."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
+        """Poll ``predicate`` until truthy (see ``wait_for``)."""
+        return wait_for(predicate, timeout, interval)
+
+    def close(self) -> None:
+        """Stop the daemon (killing it if it hangs) and the notify socket."""
+        try:
+            self.stop()
+        except TimeoutError:
+            pass
+        finally:
+            self._listener.close()
