@@ -75,7 +75,7 @@ class ExchangeRateSettings(BaseModel):
         return value
 
 
-_DEFAULT_LIMITS = {"general": "100/15m", "channels": "10/15m", "rebalance": "5/1h"}
+_DEFAULT_LIMITS = {"general": "100/15m", "channels": "10/15m", "rebalance": "5/1h", "public": "300/15m"}
 
 
 class HttpApiSettings(PluginSettings):
