@@ -1,1 +1,136 @@
-"""lightningd-py."""
+"""metrics: Prometheus metrics of the node, its activity and the daemon, and the
+monitoring and analytics API.
+
+* ``GET /metrics`` on its own address (``[plugins.metrics] listen``): node metrics
+  from an in-memory snapshot a background service refreshes, activity counters from
+  durable totals fed by journal events; the core's own metrics and other plugins'
+  (webhook deliveries) are in the same registry.
+* ``/v1/analytics/...`` on the HTTP API (role readonly): dashboard summary, payment,
+  channel and fee statistics, transaction history, period reports, streamed exports,
+  all read from this plugin's own tables (see :mod:`.ledger`).
+
+Every metric and endpoint is described in ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from lightningd_py.events import ChannelEvent, Event, ForwardEvent, InvoiceEvent, PaymentEvent, RebalanceEvent
+from lightningd_py.hookspecs import hookimpl
+from lightningd_py.web import ApiError
+
+from .collectors import ActivityCollector, NodeCollector
+from .ledger import MIGRATIONS
+from .routes import register_routes
+from .runtime import MetricsRuntime, MetricsSettings
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from lightningd_py.daemon import Daemon
+    from lightningd_py.store import Migration
+    from lightningd_py.web import RouteRegistry
+
+__all__ = [
+    "MetricsSettings",
+    "ldp_background_tasks",
+    "ldp_channel_event",
+    "ldp_config_schema",
+    "ldp_event",
+    "ldp_forward_event",
+    "ldp_invoice_event",
+    "ldp_migrations",
+    "ldp_payment_event",
+    "ldp_register_metrics",
+    "ldp_register_routes",
+    "ldp_shutdown",
+    "ldp_startup",
+]
+
+# The plugin is a module (as registered through its entry point), so its run-time state
+# is kept per daemon handle; weak keys let a stopped daemon's state go with it.
+_runtimes: weakref.WeakKeyDictionary[Daemon, MetricsRuntime] = weakref.WeakKeyDictionary()
+
+
+def _runtime(daemon: Daemon) -> MetricsRuntime:
+    runtime = _runtimes.get(daemon)
+    if runtime is None:
+        raise ApiError(503, "metrics_not_started", "the metrics plugin has not started yet")
+    return runtime
+
+
+@hookimpl
+def ldp_config_schema() -> type[MetricsSettings]:
+    return MetricsSettings
+
+
+@hookimpl
+def ldp_migrations() -> list[Migration]:
+    return list(MIGRATIONS)
+
+
+@hookimpl
+async def ldp_startup(daemon: Daemon) -> None:
+    runtime = MetricsRuntime.create(daemon)
+    await runtime.ledger.load()
+    await runtime.server.start()
+    _runtimes[daemon] = runtime
+    daemon.log.info("metrics endpoint listening", listen=runtime.server.listen)
+
+
+@hookimpl
+def ldp_register_metrics(daemon: Daemon, registry: CollectorRegistry) -> None:
+    runtime = _runtimes[daemon]
+    registry.register(NodeCollector(runtime.poller))
+    registry.register(ActivityCollector(runtime.ledger))
+
+
+@hookimpl
+def ldp_background_tasks(daemon: Daemon) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+    return [("node-snapshot", _runtimes[daemon].poller.run)]
+
+
+@hookimpl
+async def ldp_shutdown(daemon: Daemon) -> None:
+    runtime = _runtimes.pop(daemon, None)
+    if runtime is not None:
+        await runtime.server.stop()
+
+
+@hookimpl
+def ldp_register_routes(daemon: Daemon, router: RouteRegistry) -> None:
+    register_routes(daemon, router, lambda: _runtime(daemon))
+
+
+# ---------------------------------------------------------------- events
+
+
+@hookimpl
+async def ldp_invoice_event(daemon: Daemon, event: InvoiceEvent) -> None:
+    await _runtimes[daemon].ledger.record(event)
+
+
+@hookimpl
+async def ldp_payment_event(daemon: Daemon, event: PaymentEvent) -> None:
+    await _runtimes[daemon].ledger.record(event)
+
+
+@hookimpl
+async def ldp_forward_event(daemon: Daemon, event: ForwardEvent) -> None:
+    await _runtimes[daemon].ledger.record(event)
+
+
+@hookimpl
+async def ldp_channel_event(daemon: Daemon, event: ChannelEvent) -> None:
+    runtime = _runtimes[daemon]
+    await runtime.ledger.record_channel(event)
+    runtime.poller.poke()
+
+
+@hookimpl
+async def ldp_event(daemon: Daemon, event: Event) -> None:
+    if isinstance(event, RebalanceEvent):
+        await _runtimes[daemon].ledger.record(event)

@@ -1,0 +1,391 @@
+"""Statistics over the plugin's own tables, as plain functions of a sqlite connection.
+
+Each function runs on a reader connection in a worker thread (``store.read``) and
+returns JSON-ready dicts. Windows are half-open, ``start <= time < end``, in UTC unix
+seconds. Amounts are reported in millisatoshi (``*_msat``) and satoshi (``*_sat``,
+possibly fractional).
+
+Payments that were a rebalance's own circular payment (the rebalance names its payment
+hash) are counted as rebalances, not as payments, so fees are never counted twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "IMBALANCED_HIGH",
+    "IMBALANCED_LOW",
+    "Activity",
+    "Figures",
+    "activity",
+    "breakdown",
+    "channel_performance",
+    "channel_series",
+    "empty_performance",
+    "history_page",
+    "known_channel",
+    "sat",
+]
+
+# A channel whose local share is outside these bounds is reported as imbalanced.
+IMBALANCED_LOW = 0.2
+IMBALANCED_HIGH = 0.8
+
+_REBALANCE_HASHES = "SELECT payment_hash FROM metrics_tx WHERE kind = 'rebalance' AND payment_hash != ''"
+
+
+def sat(msat: int) -> float:
+    """Millisatoshi as satoshi (exact to the millisatoshi)."""
+    return msat / 1000
+
+
+@dataclass(slots=True)
+class Figures:
+    """Count and sums of one kind and status."""
+
+    count: int = 0
+    amount_msat: int = 0
+    fee_msat: int = 0
+
+    def add(self, other: Figures) -> None:
+        self.count += other.count
+        self.amount_msat += other.amount_msat
+        self.fee_msat += other.fee_msat
+
+
+@dataclass(slots=True)
+class Activity:
+    """What happened in a window, by (kind, status), rebalance payments set apart."""
+
+    by: dict[tuple[str, str], Figures] = field(default_factory=dict)
+    invoices_created: int = 0
+
+    def get(self, kind: str, status: str) -> Figures:
+        return self.by.get((kind, status), Figures())
+
+    # ------------------------------------------------------------ derived views
+
+    def payments(self) -> dict[str, Any]:
+        ok, failed = self.get("payment", "succeeded"), self.get("payment", "failed")
+        final = ok.count + failed.count
+        return {
+            "succeeded": ok.count,
+            "failed": failed.count,
+            "success_rate": round(ok.count / final, 6) if final else None,
+            "sent_msat": ok.amount_msat,
+            "sent_sat": sat(ok.amount_msat),
+            "fees_msat": ok.fee_msat,
+            "fees_sat": sat(ok.fee_msat),
+            "fee_ppm": round(ok.fee_msat * 1_000_000 / ok.amount_msat, 1) if ok.amount_msat else None,
+            "average_sat": sat(ok.amount_msat // ok.count) if ok.count else None,
+        }
+
+    def invoices(self) -> dict[str, Any]:
+        settled = self.get("invoice", "settled")
+        return {
+            "created": self.invoices_created,
+            "settled": settled.count,
+            "received_msat": settled.amount_msat,
+            "received_sat": sat(settled.amount_msat),
+            "canceled": self.get("invoice", "canceled").count,
+            "expired": self.get("invoice", "expired").count,
+            "average_sat": sat(settled.amount_msat // settled.count) if settled.count else None,
+        }
+
+    def forwards(self) -> dict[str, Any]:
+        ok, failed = self.get("forward", "settled"), self.get("forward", "failed")
+        final = ok.count + failed.count
+        return {
+            "settled": ok.count,
+            "failed": failed.count,
+            "success_rate": round(ok.count / final, 6) if final else None,
+            "volume_msat": ok.amount_msat,
+            "volume_sat": sat(ok.amount_msat),
+            "fees_earned_msat": ok.fee_msat,
+            "fees_earned_sat": sat(ok.fee_msat),
+        }
+
+    def rebalances(self) -> dict[str, Any]:
+        ok = self.get("rebalance", "succeeded")
+        return {
+            "succeeded": ok.count,
+            "failed": self.get("rebalance", "failed").count,
+            "dry_run": self.get("rebalance", "dry_run").count,
+            "moved_msat": ok.amount_msat,
+            "moved_sat": sat(ok.amount_msat),
+            "fees_msat": ok.fee_msat,
+            "fees_sat": sat(ok.fee_msat),
+        }
+
+    def fees(self) -> dict[str, Any]:
+        earned = self.get("forward", "settled").fee_msat
+        paid = self.get("payment", "succeeded").fee_msat
+        rebalance = self.get("rebalance", "succeeded").fee_msat
+        net = earned - paid - rebalance
+        return {
+            "earned_msat": earned,
+            "earned_sat": sat(earned),
+            "paid_msat": paid,
+            "paid_sat": sat(paid),
+            "rebalance_msat": rebalance,
+            "rebalance_sat": sat(rebalance),
+            "net_msat": net,
+            "net_sat": sat(net),
+        }
+
+
+def activity(conn: sqlite3.Connection, start: float, end: float) -> Activity:
+    """Counts and sums of every kind and status whose latest state falls in the window,
+    and the invoices created in it."""
+    result = Activity()
+    for row in conn.execute(
+        "SELECT kind, status, COUNT(*), COALESCE(SUM(amount_msat), 0), COALESCE(SUM(fee_msat), 0) "
+        "FROM metrics_tx WHERE time >= ? AND time < ? GROUP BY kind, status",
+        (start, end),
+    ):
+        result.by[(row[0], row[1])] = Figures(row[2], row[3], row[4])
+    # Rebalance payments move to the rebalances' account.
+    for row in conn.execute(
+        "SELECT status, COUNT(*), COALESCE(SUM(amount_msat), 0), COALESCE(SUM(fee_msat), 0) FROM metrics_tx "
+        f"WHERE kind = 'payment' AND time >= ? AND time < ? AND payment_hash IN ({_REBALANCE_HASHES}) "
+        "GROUP BY status",
+        (start, end),
+    ):
+        figures = result.by.get(("payment", row[0]))
+        if figures is not None:
+            figures.add(Figures(-row[1], -row[2], -row[3]))
+    row = conn.execute(
+        "SELECT COUNT(*) FROM metrics_tx WHERE kind = 'invoice' AND created >= ? AND created < ?",
+        (start, end),
+    ).fetchone()
+    result.invoices_created = row[0]
+    return result
+
+
+def breakdown(conn: sqlite3.Connection, start: float, end: float, step: float) -> list[dict[str, Any]]:
+    """Per-bucket (``step`` seconds, aligned to ``start``) received, sent, forwarded and
+    fee figures, for a period report; buckets with no activity are included."""
+    buckets: dict[int, dict[tuple[str, str], Figures]] = defaultdict(dict)
+    for row in conn.execute(
+        "SELECT CAST((time - ?) / ? AS INTEGER) AS b, kind, status, COUNT(*), SUM(amount_msat), "
+        "SUM(fee_msat) FROM metrics_tx WHERE time >= ? AND time < ? "
+        "AND NOT (kind = 'payment' AND payment_hash IN (" + _REBALANCE_HASHES + ")) "
+        "GROUP BY b, kind, status",
+        (start, step, start, end),
+    ):
+        buckets[row[0]][(row[1], row[2])] = Figures(row[3], row[4], row[5])
+    out = []
+    count = max(1, int((end - start + step - 1) // step))
+    for b in range(count):
+        figures = buckets.get(b, {})
+        empty = Figures()
+        received = figures.get(("invoice", "settled"), empty)
+        sent = figures.get(("payment", "succeeded"), empty)
+        forwarded = figures.get(("forward", "settled"), empty)
+        rebalanced = figures.get(("rebalance", "succeeded"), empty)
+        out.append(
+            {
+                "start": start + b * step,
+                "invoices_settled": received.count,
+                "received_msat": received.amount_msat,
+                "payments_succeeded": sent.count,
+                "payments_failed": figures.get(("payment", "failed"), empty).count,
+                "sent_msat": sent.amount_msat,
+                "forwards_settled": forwarded.count,
+                "forwarded_msat": forwarded.amount_msat,
+                "fees_earned_msat": forwarded.fee_msat,
+                "fees_paid_msat": sent.fee_msat,
+                "rebalance_fees_msat": rebalanced.fee_msat,
+                "net_fees_msat": forwarded.fee_msat - sent.fee_msat - rebalanced.fee_msat,
+            }
+        )
+    return out
+
+
+def known_channel(conn: sqlite3.Connection, chan_id: int) -> dict[str, Any] | None:
+    """The channel's identity as the plugin recorded it, or None if it never saw it."""
+    row = conn.execute(
+        "SELECT chan_id, channel_point, peer_pubkey, peer_alias, capacity_sat, opened, closed "
+        "FROM metrics_channels WHERE chan_id = ?",
+        (chan_id,),
+    ).fetchone()
+    if row is not None:
+        return dict(row)
+    row = conn.execute(
+        "SELECT 1 FROM metrics_tx WHERE kind = 'forward' AND (chan_in = ? OR chan_out = ?) LIMIT 1",
+        (chan_id, chan_id),
+    ).fetchone()
+    if row is None:
+        return None
+    return {
+        "chan_id": chan_id,
+        "channel_point": "",
+        "peer_pubkey": "",
+        "peer_alias": "",
+        "capacity_sat": 0,
+        "opened": None,
+        "closed": None,
+    }
+
+
+def channel_performance(
+    conn: sqlite3.Connection, start: float, end: float, chan_ids: Iterable[int] | None = None
+) -> dict[int, dict[str, Any]]:
+    """Per channel: forwards out and in, volume, fees earned (credited to the outgoing
+    channel), failed forwards, rebalances, and uptime and balance ratio from the samples."""
+    stats: dict[int, dict[str, Any]] = defaultdict(empty_performance)
+    for row in conn.execute(
+        "SELECT chan_out, status, COUNT(*), SUM(amount_msat), SUM(fee_msat) FROM metrics_tx "
+        "WHERE kind = 'forward' AND time >= ? AND time < ? GROUP BY chan_out, status",
+        (start, end),
+    ):
+        s = stats[row[0]]
+        if row[1] == "settled":
+            s["forwards_out"] = row[2]
+            s["volume_out_msat"] = row[3]
+            s["fees_earned_msat"] = row[4]
+        else:
+            s["forwards_failed_out"] = row[2]
+    for row in conn.execute(
+        "SELECT chan_in, COUNT(*), SUM(amount_msat + fee_msat) FROM metrics_tx "
+        "WHERE kind = 'forward' AND status = 'settled' AND time >= ? AND time < ? GROUP BY chan_in",
+        (start, end),
+    ):
+        s = stats[row[0]]
+        s["forwards_in"] = row[1]
+        s["volume_in_msat"] = row[2]
+    for row in conn.execute(
+        "SELECT chan_out, chan_in, amount_msat, fee_msat FROM metrics_tx "
+        "WHERE kind = 'rebalance' AND status = 'succeeded' AND time >= ? AND time < ?",
+        (start, end),
+    ):
+        out, inc = stats[row[0]], stats[row[1]]
+        out["rebalanced_out_msat"] += row[2]
+        out["rebalance_fees_msat"] += row[3]
+        inc["rebalanced_in_msat"] += row[2]
+    for row in conn.execute(
+        "SELECT chan_id, COUNT(*), SUM(active), "
+        "AVG(CASE WHEN local_sat + remote_sat > 0 THEN local_sat * 1.0 / (local_sat + remote_sat) END), "
+        "MIN(CASE WHEN local_sat + remote_sat > 0 THEN local_sat * 1.0 / (local_sat + remote_sat) END), "
+        "MAX(CASE WHEN local_sat + remote_sat > 0 THEN local_sat * 1.0 / (local_sat + remote_sat) END) "
+        "FROM metrics_channel_samples WHERE time >= ? AND time < ? GROUP BY chan_id",
+        (start, end),
+    ):
+        s = stats[row[0]]
+        s["samples"] = row[1]
+        s["uptime"] = round(row[2] / row[1], 6) if row[1] else None
+        s["balance_ratio_avg"] = _round(row[3])
+        s["balance_ratio_min"] = _round(row[4])
+        s["balance_ratio_max"] = _round(row[5])
+    if chan_ids is not None:
+        return {c: stats[c] if c in stats else empty_performance() for c in chan_ids}
+    return dict(stats)
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 6) if value is not None else None
+
+
+def empty_performance() -> dict[str, Any]:
+    return {
+        "forwards_out": 0,
+        "forwards_in": 0,
+        "forwards_failed_out": 0,
+        "volume_out_msat": 0,
+        "volume_in_msat": 0,
+        "fees_earned_msat": 0,
+        "rebalanced_out_msat": 0,
+        "rebalanced_in_msat": 0,
+        "rebalance_fees_msat": 0,
+        "samples": 0,
+        "uptime": None,
+        "balance_ratio_avg": None,
+        "balance_ratio_min": None,
+        "balance_ratio_max": None,
+    }
+
+
+def channel_series(
+    conn: sqlite3.Connection, chan_id: int, start: float, end: float, points: int
+) -> list[dict[str, Any]]:
+    """The channel's balance samples in the window, averaged into at most ``points``
+    equal buckets (a year of samples comes back as a chart-sized series)."""
+    step = max((end - start) / points, 1e-9)
+    rows = conn.execute(
+        "SELECT CAST((time - ?) / ? AS INTEGER) AS b, MIN(time), AVG(local_sat), AVG(remote_sat), "
+        "AVG(capacity_sat), AVG(active), COUNT(*) FROM metrics_channel_samples "
+        "WHERE chan_id = ? AND time >= ? AND time < ? GROUP BY b ORDER BY b",
+        (start, step, chan_id, start, end),
+    ).fetchall()
+    series = []
+    for row in rows:
+        local, remote = row[2], row[3]
+        series.append(
+            {
+                "time": row[1],
+                "local_sat": round(local),
+                "remote_sat": round(remote),
+                "capacity_sat": round(row[4]),
+                "balance_ratio": round(local / (local + remote), 6) if local + remote else None,
+                "uptime": round(row[5], 6),
+                "samples": row[6],
+            }
+        )
+    return series
+
+
+HISTORY_COLUMNS = (
+    "kind",
+    "key",
+    "status",
+    "time",
+    "created",
+    "amount_msat",
+    "fee_msat",
+    "chan_in",
+    "chan_out",
+    "payment_hash",
+    "description",
+)
+
+
+def history_page(
+    conn: sqlite3.Connection,
+    *,
+    start: float,
+    end: float,
+    kinds: Sequence[str],
+    statuses: Sequence[str],
+    chan_id: int | None,
+    after: tuple[float, str, str] | None,
+    limit: int,
+    ascending: bool = False,
+) -> list[dict[str, Any]]:
+    """One page of the transaction history, newest first (or oldest first), keyset
+    paginated on (time, kind, key): ``after`` is the last row of the previous page."""
+    where = ["time >= ?", "time < ?"]
+    params: list[Any] = [start, end]
+    if kinds:
+        where.append(f"kind IN ({','.join('?' * len(kinds))})")
+        params.extend(kinds)
+    if statuses:
+        where.append(f"status IN ({','.join('?' * len(statuses))})")
+        params.extend(statuses)
+    if chan_id is not None:
+        where.append("(chan_in = ? OR chan_out = ?)")
+        params.extend((chan_id, chan_id))
+    op, order = (">", "ASC") if ascending else ("<", "DESC")
+    if after is not None:
+        where.append(f"(time, kind, key) {op} (?, ?, ?)")
+        params.extend(after)
+    sql = (
+        f"SELECT {', '.join(HISTORY_COLUMNS)} FROM metrics_tx WHERE {' AND '.join(where)} "
+        f"ORDER BY time {order}, kind {order}, key {order} LIMIT ?"
+    )
+    params.append(limit)
+    return [dict(row) for row in conn.execute(sql, params)]

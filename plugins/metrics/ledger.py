@@ -1,0 +1,360 @@
+"""The metrics plugin's own record of activity, fed by journal events.
+
+Three tables, all owned by this plugin so its statistics never depend on another
+plugin's schema:
+
+* ``metrics_tx``: one row per invoice, payment, forward and rebalance, in its latest
+  state (the transaction history and every windowed statistic read it);
+* ``metrics_totals``: running totals per event type (count, amount, fee) behind the
+  Prometheus activity counters, so they survive restarts instead of resetting;
+* ``metrics_channels`` and ``metrics_channel_samples``: what each channel was (peer,
+  capacity, open and close times) and periodic balance samples (balance ratio over
+  time, uptime).
+
+Events arrive at least once: every write here is idempotent (upserts guarded by the
+event's journal id or by a state rank), and the in-memory totals skip any event at
+or below the last id already counted for its type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lightningd_py.events import (
+    ChannelClosed,
+    ChannelEvent,
+    Event,
+    ForwardEvent,
+    ForwardSettled,
+    InvoiceEvent,
+    InvoiceSettled,
+    PaymentEvent,
+    RebalanceEvent,
+)
+from lightningd_py.store import Migration
+
+if TYPE_CHECKING:
+    from lightningd_py.store import StoreHandle
+
+    from .snapshot import NodeSnapshot
+
+__all__ = ["MIGRATIONS", "Ledger", "Total", "TxRow", "total_name", "tx_row"]
+
+MIGRATIONS = [
+    Migration(
+        1,
+        """
+        CREATE TABLE metrics_tx (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            status TEXT NOT NULL,
+            rank INTEGER NOT NULL,
+            time REAL NOT NULL,
+            created REAL NOT NULL,
+            amount_msat INTEGER NOT NULL,
+            fee_msat INTEGER NOT NULL,
+            chan_in INTEGER NOT NULL,
+            chan_out INTEGER NOT NULL,
+            payment_hash TEXT NOT NULL,
+            description TEXT NOT NULL,
+            event_id INTEGER NOT NULL,
+            PRIMARY KEY (kind, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX metrics_tx_time ON metrics_tx (time, kind, key);
+        CREATE INDEX metrics_tx_kind_time ON metrics_tx (kind, time);
+        CREATE INDEX metrics_tx_kind_created ON metrics_tx (kind, created);
+        CREATE INDEX metrics_tx_hash ON metrics_tx (payment_hash) WHERE payment_hash != '';
+        CREATE TABLE metrics_totals (
+            name TEXT PRIMARY KEY,
+            count INTEGER NOT NULL,
+            amount_msat INTEGER NOT NULL,
+            fee_msat INTEGER NOT NULL,
+            last_event_id INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE metrics_channels (
+            chan_id INTEGER PRIMARY KEY,
+            channel_point TEXT NOT NULL,
+            peer_pubkey TEXT NOT NULL,
+            peer_alias TEXT NOT NULL,
+            capacity_sat INTEGER NOT NULL,
+            opened REAL,
+            closed REAL
+        );
+        CREATE TABLE metrics_channel_samples (
+            chan_id INTEGER NOT NULL,
+            time REAL NOT NULL,
+            capacity_sat INTEGER NOT NULL,
+            local_sat INTEGER NOT NULL,
+            remote_sat INTEGER NOT NULL,
+            active INTEGER NOT NULL,
+            PRIMARY KEY (chan_id, time)
+        ) WITHOUT ROWID;
+        CREATE INDEX metrics_channel_samples_time ON metrics_channel_samples (time);
+        """,
+    )
+]
+
+# Later states win over earlier ones; a replayed "created" never downgrades a settled row.
+_RANK = {"open": 0, "accepted": 1}
+
+_UPSERT_TX = """
+INSERT INTO metrics_tx (kind, key, status, rank, time, created, amount_msat, fee_msat,
+                        chan_in, chan_out, payment_hash, description, event_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (kind, key) DO UPDATE SET
+    status = excluded.status, rank = excluded.rank, time = excluded.time,
+    amount_msat = excluded.amount_msat, fee_msat = excluded.fee_msat,
+    chan_in = excluded.chan_in, chan_out = excluded.chan_out,
+    payment_hash = excluded.payment_hash, event_id = excluded.event_id,
+    description = CASE WHEN excluded.description != '' THEN excluded.description ELSE description END
+WHERE excluded.rank > metrics_tx.rank
+   OR (excluded.rank = metrics_tx.rank AND excluded.event_id > metrics_tx.event_id)
+"""
+
+_ADD_TOTAL = """
+INSERT INTO metrics_totals (name, count, amount_msat, fee_msat, last_event_id)
+VALUES (?, 1, ?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET
+    count = count + 1, amount_msat = amount_msat + excluded.amount_msat,
+    fee_msat = fee_msat + excluded.fee_msat, last_event_id = excluded.last_event_id
+WHERE excluded.last_event_id > metrics_totals.last_event_id
+"""
+
+_UPSERT_CHANNEL = """
+INSERT INTO metrics_channels (chan_id, channel_point, peer_pubkey, peer_alias, capacity_sat, opened, closed)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (chan_id) DO UPDATE SET
+    channel_point = CASE WHEN excluded.channel_point != '' THEN excluded.channel_point ELSE channel_point END,
+    peer_pubkey = CASE WHEN excluded.peer_pubkey != '' THEN excluded.peer_pubkey ELSE peer_pubkey END,
+    peer_alias = CASE WHEN excluded.peer_alias != '' THEN excluded.peer_alias ELSE peer_alias END,
+    capacity_sat = CASE WHEN excluded.capacity_sat > 0 THEN excluded.capacity_sat ELSE capacity_sat END,
+    opened = COALESCE(opened, excluded.opened),
+    closed = COALESCE(excluded.closed, closed)
+"""
+
+
+@dataclass(slots=True)
+class Total:
+    """Running totals of one event type (see ``metrics_totals``)."""
+
+    count: int = 0
+    amount_msat: int = 0
+    fee_msat: int = 0
+    last_event_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TxRow:
+    """One ``metrics_tx`` row as written for an event."""
+
+    kind: str
+    key: str
+    status: str
+    rank: int
+    time: float
+    created: float
+    amount_msat: int
+    fee_msat: int
+    chan_in: int
+    chan_out: int
+    payment_hash: str
+    description: str
+    event_id: int
+
+    def params(self) -> tuple[object, ...]:
+        return (
+            self.kind,
+            self.key,
+            self.status,
+            self.rank,
+            self.time,
+            self.created,
+            self.amount_msat,
+            self.fee_msat,
+            self.chan_in,
+            self.chan_out,
+            self.payment_hash,
+            self.description,
+            self.event_id,
+        )
+
+
+def _status(event: Event) -> str:
+    return event.type.split(".", 1)[1]
+
+
+def total_name(event: Event) -> str:
+    """The ``metrics_totals`` name of an event: its type, ``rebalance.dry_run`` for dry runs."""
+    if isinstance(event, RebalanceEvent) and event.dry_run:
+        return "rebalance.dry_run"
+    return event.type
+
+
+def tx_row(event: Event) -> TxRow | None:
+    """The history row an event leaves, or None for events that are not transactions."""
+    if isinstance(event, InvoiceEvent):
+        status = _status(event)
+        settled = isinstance(event, InvoiceSettled)
+        when = float(event.settle_date or event.time) if settled else float(event.time)
+        if status == "created":
+            status = "open"
+            when = float(event.creation_date or event.time)
+        return TxRow(
+            kind="invoice",
+            key=event.payment_hash,
+            status=status,
+            rank=_RANK.get(status, 2),
+            time=when,
+            created=float(event.creation_date or event.time),
+            amount_msat=event.amt_paid_msat if settled else event.value_msat,
+            fee_msat=0,
+            chan_in=0,
+            chan_out=0,
+            payment_hash=event.payment_hash,
+            description=event.memo,
+            event_id=event.id,
+        )
+    if isinstance(event, PaymentEvent):
+        created = event.creation_time_ns / 1e9 if event.creation_time_ns else event.time
+        return TxRow(
+            kind="payment",
+            key=f"{event.payment_hash}:{event.payment_index}",
+            status=_status(event),
+            rank=2,
+            time=float(event.time),
+            created=float(created),
+            amount_msat=event.value_msat,
+            fee_msat=event.fee_msat,
+            chan_in=0,
+            chan_out=0,
+            payment_hash=event.payment_hash,
+            description=event.failure_reason,
+            event_id=event.id,
+        )
+    if isinstance(event, ForwardEvent):
+        when = event.timestamp_ns / 1e9 if event.timestamp_ns else event.time
+        settled = isinstance(event, ForwardSettled)
+        return TxRow(
+            kind="forward",
+            key=f"{event.incoming_chan_id}:{event.incoming_htlc_id}:{event.outgoing_chan_id}:{event.outgoing_htlc_id}",
+            status=_status(event),
+            rank=2,
+            time=float(when),
+            created=float(when),
+            amount_msat=event.amt_out_msat,
+            fee_msat=event.fee_msat if settled else 0,
+            chan_in=event.incoming_chan_id,
+            chan_out=event.outgoing_chan_id,
+            payment_hash="",
+            description=getattr(event, "failure", ""),
+            event_id=event.id,
+        )
+    if isinstance(event, RebalanceEvent):
+        status = "dry_run" if event.dry_run else _status(event)
+        return TxRow(
+            kind="rebalance",
+            key=event.rebalance_id,
+            status=status,
+            rank=2,
+            time=float(event.time),
+            created=float(event.time),
+            amount_msat=event.amount_msat,
+            fee_msat=event.fee_msat if status == "succeeded" else 0,
+            chan_in=event.incoming_chan_id,
+            chan_out=event.outgoing_chan_id,
+            payment_hash=event.payment_hash,
+            description=event.failure_reason,
+            event_id=event.id,
+        )
+    return None
+
+
+def _total_amounts(event: Event) -> tuple[int, int]:
+    """(amount_msat, fee_msat) an event adds to its type's totals."""
+    if isinstance(event, InvoiceSettled):
+        return event.amt_paid_msat, 0
+    if isinstance(event, InvoiceEvent):
+        return event.value_msat, 0
+    if isinstance(event, PaymentEvent):
+        return event.value_msat, event.fee_msat
+    if isinstance(event, ForwardSettled):
+        return event.amt_out_msat, event.fee_msat
+    if isinstance(event, ForwardEvent):
+        return event.amt_out_msat, 0
+    if isinstance(event, RebalanceEvent):
+        return event.amount_msat, (
+            event.fee_msat if not event.dry_run and event.type.endswith("succeeded") else 0
+        )
+    return 0, 0
+
+
+class Ledger:
+    """Writes activity to the plugin's tables and keeps the running totals in memory.
+
+    :param store: the plugin's store handle.
+    """
+
+    def __init__(self, store: StoreHandle) -> None:
+        self._store = store
+        self.totals: dict[str, Total] = {}
+
+    async def load(self) -> None:
+        """Read the durable totals (at start, before any event is handled)."""
+        rows = await self._store.fetchall(
+            "SELECT name, count, amount_msat, fee_msat, last_event_id FROM metrics_totals"
+        )
+        self.totals = {
+            r["name"]: Total(r["count"], r["amount_msat"], r["fee_msat"], r["last_event_id"]) for r in rows
+        }
+
+    async def record(self, event: Event) -> None:
+        """Record an invoice, payment, forward or rebalance event (idempotent)."""
+        row = tx_row(event)
+        if row is None:
+            return
+        name = total_name(event)
+        amount, fee = _total_amounts(event)
+        total = self.totals.setdefault(name, Total())
+        if event.id == 0 or event.id > total.last_event_id:
+            total.count += 1
+            total.amount_msat += amount
+            total.fee_msat += fee
+            total.last_event_id = max(total.last_event_id, event.id)
+        await self._store.execute(_UPSERT_TX, row.params())
+        await self._store.execute(_ADD_TOTAL, (name, amount, fee, event.id))
+
+    async def record_channel(self, event: ChannelEvent) -> None:
+        """Remember a channel's identity and its open or close time."""
+        if not event.chan_id:
+            return
+        closed = float(event.time) if isinstance(event, ChannelClosed) else None
+        opened = float(event.time) if event.type == "channel.opened" else None
+        await self._store.execute(
+            _UPSERT_CHANNEL,
+            (event.chan_id, event.channel_point, event.remote_pubkey, "", event.capacity_sat, opened, closed),
+        )
+
+    async def sample(self, snapshot: NodeSnapshot) -> None:
+        """Write one balance sample per channel of the snapshot, and what it says of each
+        channel's identity."""
+        when = snapshot.taken_at
+        await self._store.executemany(
+            "INSERT OR IGNORE INTO metrics_channel_samples "
+            "(chan_id, time, capacity_sat, local_sat, remote_sat, active) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (c.chan_id, when, c.capacity_sat, c.local_balance_sat, c.remote_balance_sat, int(c.active))
+                for c in snapshot.channels
+            ],
+        )
+        await self._store.executemany(
+            _UPSERT_CHANNEL,
+            [
+                (c.chan_id, c.channel_point, c.peer_pubkey, c.peer_alias, c.capacity_sat, None, None)
+                for c in snapshot.channels
+            ],
+        )
+
+    async def prune_samples(self, before: float) -> None:
+        """Drop balance samples older than ``before`` (unix seconds)."""
+        await self._store.execute("DELETE FROM metrics_channel_samples WHERE time < ?", (before,))
