@@ -80,13 +80,13 @@ class EndpointList(BaseModel):
     endpoints: list[EndpointHealth]
 
 
-class TestQuery(_Strict):
+class SendTestQuery(_Strict):
     wait: float = Field(
         default=5.0, ge=0, le=60, description="Seconds to wait for the first attempt's outcome."
     )
 
 
-class TestResult(BaseModel):
+class SendTestResult(BaseModel):
     delivery: DeliveryOut
 
 
@@ -185,14 +185,14 @@ def register_routes(service: WebhookService, router: RouteRegistry) -> None:
             )
         return DeliveryOut(**row_to_api(await _fetch(delivery_id)))
 
-    async def send_test(request: ApiRequest) -> TestResult:
+    async def send_test(request: ApiRequest) -> SendTestResult:
         name = request.path.get("name", "")
         if name not in service.workers:
             raise ApiError(404, "endpoint_not_found", f"no enabled endpoint named {name!r}", "path.name")
-        q: TestQuery = request.query
+        q: SendTestQuery = request.query
         sent = await service.send_test(name, q.wait)
         await service.store.flush()
-        return TestResult(delivery=DeliveryOut(**row_to_api(await _fetch(sent["id"]))))
+        return SendTestResult(delivery=DeliveryOut(**row_to_api(await _fetch(sent["id"]))))
 
     kw: dict[str, Any] = {"role": "admin", "tags": _TAGS}
     router.add(
@@ -236,8 +236,8 @@ def register_routes(service: WebhookService, router: RouteRegistry) -> None:
         "/v1/webhooks/endpoints/{name}/test",
         send_test,
         summary="Send a webhook.test event to an endpoint and report the first attempt",
-        query=TestQuery,
-        response=TestResult,
+        query=SendTestQuery,
+        response=SendTestResult,
         responses={404: "No such enabled endpoint"},
         **kw,
     )
