@@ -41,11 +41,12 @@ MACAROON_NAME = "lightningd-py.macaroon"
 
 # LND permissions the core needs for its streams and reconciliation (GetInfo, invoice
 # and channel/payment/forward streams, ListPeers, WalletBalance/EstimateFee), and what
-# each built-in plugin adds: invoice creation and payments (API), circular payments
-# and channel policies (rebalancer).
+# each built-in plugin adds: the API creates invoices, pays, and opens and closes
+# channels (OpenChannel/CloseChannel need onchain:write); the rebalancer pays circular
+# routes and sets channel policies.
 CORE_PERMISSIONS = ("info:read", "invoices:read", "offchain:read", "onchain:read", "peers:read")
 PLUGIN_PERMISSIONS: dict[str, tuple[str, ...]] = {
-    "http_api": ("invoices:write", "offchain:write"),
+    "http_api": ("invoices:write", "offchain:write", "onchain:write"),
     "rebalancer": ("offchain:write",),
 }
 

@@ -8,7 +8,6 @@ runs without pytest installed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -19,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +33,7 @@ __all__ = [
     "DaemonProcess",
     "NotifyListener",
     "SimnetProcess",
+    "WebhookReceiver",
     "daemon_config",
     "free_port",
     "run_demo",
@@ -281,6 +282,8 @@ def daemon_config(
 class DaemonProcess:
     """``lightningd-py run --config PATH`` as a child process with its own NOTIFY_SOCKET.
 
+    ``launcher`` replaces ``python -m lightningd_py.cli`` in the command line.
+
     :ivar notifications: every sd_notify field received, in order, across restarts.
     """
 
@@ -294,8 +297,11 @@ class DaemonProcess:
         metrics_url: str = "",
         tokens: Mapping[str, str] | None = None,
         state_dir: Path | None = None,
+        launcher: Sequence[str] | None = None,
     ) -> None:
         self.config_path = Path(config_path)
+        # What runs the CLI; tests wrap it (e.g. to apply a seccomp or prctl first).
+        self.launcher = list(launcher or [sys.executable, "-m", "lightningd_py.cli"])
         self.log_path = Path(log_path)
         self.env = dict(env or {})
         self.api_url = api_url
@@ -325,7 +331,7 @@ class DaemonProcess:
             if key not in self.env:
                 env.pop(key, None)
         mark = len(self.notifications)
-        command = [sys.executable, "-m", "lightningd_py.cli", "run", "--config", str(self.config_path)]
+        command = [*self.launcher, "run", "--config", str(self.config_path)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -413,3 +419,173 @@ class DaemonProcess:
             pass
         finally:
             self._listener.close()
+
+
+# ---------------------------------------------------------------- the demo
+
+
+class WebhookReceiver:
+    """A local HTTP server that prints each webhook delivery (the demo's "backend")."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    kind = str(json.loads(body).get("type", "?"))
+                except ValueError:
+                    kind = "?"
+                received.append(kind)
+                print(f"  webhook   {kind}  (id {self.headers.get('webhook-id', '?')})", flush=True)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the demo prints its own line per delivery
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name="webhook-receiver", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _api(url: str, token: str, method: str = "GET", body: Mapping[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def _print_banner(root: Path, simnet: SimnetProcess, daemon: DaemonProcess, started: float) -> None:
+    tokens = daemon.tokens
+    print(f"  daemon    ready in {time.monotonic() - started:.1f} s (logs: {daemon.log_path})")
+    print(f"\n  HTTP API  {daemon.api_url}   (OpenAPI: {daemon.api_url}/v1/openapi.json)")
+    print(f"  metrics   {daemon.metrics_url}")
+    print(f"  config    {daemon.config_path}")
+    print("\n  API tokens:")
+    for role, token in tokens.items():
+        print(f"    {role:<9} {token}")
+    print("\n  Try:")
+    print(f"    curl -H 'Authorization: Bearer {tokens['readonly']}' {daemon.api_url}/v1/node")
+    print(f"    curl -H 'Authorization: Bearer {tokens['readonly']}' '{daemon.api_url}/v1/invoices?limit=5'")
+    print(
+        f"    curl -H 'Authorization: Bearer {tokens['invoice']}' -H 'Content-Type: application/json' "
+        f'-d \'{{"amount_sat": 2100, "memo": "coffee"}}\' {daemon.api_url}/v1/invoices'
+    )
+    print(f"    curl -N -H 'Authorization: Bearer {tokens['readonly']}' {daemon.api_url}/v1/events")
+    print(f"    curl -s {daemon.metrics_url} | grep '^ldp_'")
+    print(
+        "\n  Live activity below: an invoice paid every few seconds, a forward now and then. Ctrl-C stops.\n"
+    )
+
+
+def _activity(simnet: SimnetProcess, daemon: DaemonProcess, stop: threading.Event) -> None:
+    """Create invoices through the API, have simnet pay them, forward now and then."""
+    rng = random.Random()
+    round_ = 0
+    while not stop.wait(rng.uniform(2.0, 4.0)):
+        round_ += 1
+        amount = rng.choice((1_000, 2_100, 5_000, 12_345, 50_000))
+        try:
+            invoice = _api(
+                f"{daemon.api_url}/v1/invoices",
+                daemon.tokens["invoice"],
+                "POST",
+                {"amount_sat": amount, "memo": f"demo order #{round_}"},
+            )
+            simnet.control.pay_invoice(invoice["payment_request"])
+            print(
+                f"  invoice   {amount} sat '{invoice['memo']}' paid ({invoice['payment_hash'][:16]}...)",
+                flush=True,
+            )
+            if round_ % 3 == 0:
+                forward = simnet.control.forward(amt_msat=rng.randrange(10_000, 5_000_000))
+                print(f"  forward   {forward}", flush=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            # The demo keeps going (LND-like hiccups are part of the show); say what failed.
+            print(f"  activity  failed: {type(exc).__name__}: {exc}", flush=True)
+
+
+def run_demo(directory: Path | None = None) -> int:
+    """Run the demo until Ctrl-C or SIGTERM; everything it started is stopped."""
+    root = Path(directory).absolute() if directory else Path(tempfile.mkdtemp(prefix="lightningd-py-demo-"))
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
+    simnet = SimnetProcess(root / "simnet")
+    receiver: WebhookReceiver | None = None
+    daemon: DaemonProcess | None = None
+    stop = threading.Event()
+    worker: threading.Thread | None = None
+    from .cli import TOKEN_ROLES, new_token, new_webhook_secret, token_sha256
+
+    try:
+        print(f"lightningd-py demo in {root}\n")
+        simnet.start()
+        print(f"  simnet    simulated LND on {simnet.grpc} (control API {simnet.control_url})")
+        receiver = WebhookReceiver()
+        print(f"  receiver  webhooks to {receiver.url}")
+        tokens = {role: new_token() for role in TOKEN_ROLES}
+        api = f"127.0.0.1:{free_port(preferred=8080)}"
+        metrics = f"127.0.0.1:{free_port(preferred=9108)}"
+        endpoint = {"name": "demo", "url": receiver.url, "events": ["*"], "secret": new_webhook_secret()}
+        data = daemon_config(
+            simnet,
+            root / "state",
+            api_listen=api,
+            metrics_listen=metrics,
+            token_hashes={role: token_sha256(token) for role, token in tokens.items()},
+            core={"log_format": "json"},
+            # No exchange-rate lookups: the demo works offline.
+            plugins={
+                "http_api": {"exchange_rates": {"provider": "none"}},
+                "webhooks": {"endpoints": [endpoint]},
+            },
+        )
+        config_path = write_config(root / "config.toml", data)
+        daemon = DaemonProcess(
+            config_path,
+            log_path=root / "daemon.log",
+            api_url=f"http://{api}",
+            metrics_url=f"http://{metrics}/metrics",
+            tokens=tokens,
+            state_dir=root / "state",
+        )
+        started = time.monotonic()
+        daemon.start()
+        _print_banner(root, simnet, daemon, started)
+        worker = threading.Thread(
+            target=_activity, args=(simnet, daemon, stop), name="demo-activity", daemon=True
+        )
+        worker.start()
+        while daemon.returncode is None:
+            time.sleep(0.5)
+        print(f"\nthe daemon exited with {daemon.returncode}; its log: {daemon.log_path}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping...")
+        return 0
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"lightningd-py demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop.set()
+        if worker is not None:
+            worker.join(5)
+        if daemon is not None:
+            daemon.close()
+        simnet.stop()
+        if receiver is not None:
+            receiver.close()
+        signal.signal(signal.SIGTERM, previous)
+        print(f"demo stopped; its files are in {root}")

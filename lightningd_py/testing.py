@@ -16,7 +16,7 @@ Fixtures: ``simnet``, ``ldp_config_factory``, ``ldp_daemon_factory``, ``ldp_daem
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,14 @@ class LdpDaemon(DaemonProcess):
     """A running ``lightningd-py run`` (see ``DaemonProcess``), with its config and the
     simnet it talks to."""
 
-    def __init__(self, config: LdpConfig, simnet: SimnetProcess, *, env: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        config: LdpConfig,
+        simnet: SimnetProcess,
+        *,
+        env: Mapping[str, str] | None = None,
+        launcher: Sequence[str] | None = None,
+    ):
         super().__init__(
             config.path,
             log_path=config.state_dir.parent / "daemon.log",
@@ -64,6 +71,7 @@ class LdpDaemon(DaemonProcess):
             metrics_url=config.metrics_url,
             tokens=config.tokens,
             state_dir=config.state_dir,
+            launcher=launcher,
         )
         self.config = config
         self.simnet = simnet
@@ -135,9 +143,10 @@ def ldp_daemon_factory(
 ) -> Iterator[Callable[..., LdpDaemon]]:
     """Start ``lightningd-py run`` and wait for READY=1 (default timeout 20 s).
 
-    ``ldp_daemon_factory(config=None, *, env=None, wait_ready=True, timeout=20,
-    core=..., lnd=..., plugins=...)``: without ``config`` one is written with the given
-    tables. Every daemon started is stopped (SIGTERM) after the test.
+    ``ldp_daemon_factory(config=None, *, env=None, launcher=None, wait_ready=True,
+    timeout=20, core=..., lnd=..., plugins=...)``: without ``config`` one is written with
+    the given tables; ``launcher`` replaces ``python -m lightningd_py.cli``. Every daemon
+    started is stopped (SIGTERM) after the test.
     """
     started: list[LdpDaemon] = []
 
@@ -145,6 +154,7 @@ def ldp_daemon_factory(
         config: LdpConfig | None = None,
         *,
         env: Mapping[str, str] | None = None,
+        launcher: Sequence[str] | None = None,
         wait_ready: bool = True,
         timeout: float = 20.0,
         **tables: Any,
@@ -153,7 +163,7 @@ def ldp_daemon_factory(
             config = ldp_config_factory(**tables)
         elif tables:
             raise TypeError("pass either a config or core/lnd/plugins tables, not both")
-        daemon = LdpDaemon(config, simnet, env=env)
+        daemon = LdpDaemon(config, simnet, env=env, launcher=launcher)
         started.append(daemon)
         return daemon.start(wait_ready=wait_ready, timeout=timeout)  # type: ignore[return-value]
 

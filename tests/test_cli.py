@@ -18,9 +18,7 @@ import pytest
 from lightningd_py import __version__
 from lightningd_py.cli import bakemacaroon_command, lnd_permissions, main, new_webhook_secret
 
-ALL_PERMISSIONS = (
-    "info:read invoices:read invoices:write offchain:read offchain:write onchain:read peers:read"
-)
+ALL_PERMISSIONS = "info:read invoices:read invoices:write offchain:read offchain:write onchain:read onchain:write peers:read"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
