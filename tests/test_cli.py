@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -18,7 +19,10 @@ import pytest
 from lightningd_py import __version__
 from lightningd_py.cli import bakemacaroon_command, lnd_permissions, main, new_webhook_secret
 
-ALL_PERMISSIONS = "info:read invoices:read invoices:write offchain:read offchain:write onchain:read onchain:write peers:read"
+ALL_PERMISSIONS = (
+    "info:read invoices:read invoices:write offchain:read offchain:write "
+    "onchain:read onchain:write peers:read"
+)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -240,3 +244,27 @@ def test_simnet_arguments_pass_through():
     result = run_cli("simnet", "--help")
     assert result.returncode == 0
     assert "--dir" in result.stdout
+
+
+# ---------------------------------------------------------------- run (as systemd starts it)
+
+
+def test_run_notifies_ready_and_stops_on_sigterm(ldp_daemon):
+    assert "READY=1" in ldp_daemon.notifications
+    assert ldp_daemon.stop() == 0
+    assert "STOPPING=1" in ldp_daemon.notifications
+
+
+def test_run_reloads_on_sighup(ldp_daemon):
+    mark = len(ldp_daemon.notifications)
+    ldp_daemon.signal(signal.SIGHUP)
+    ldp_daemon.wait_notification("RELOADING=1", after=mark)
+    ldp_daemon.wait_notification("READY=1", after=mark)
+    assert ldp_daemon.returncode is None
+
+
+def test_run_refuses_a_bad_config_with_exit_2(ldp_config_factory, ldp_daemon_factory):
+    config = ldp_config_factory(lnd={"keepalive_interval": 1})
+    with pytest.raises(RuntimeError, match="exited with 2 before READY=1") as info:
+        ldp_daemon_factory(config)
+    assert "lnd.keepalive_interval: must be >= 10" in str(info.value)
