@@ -393,7 +393,8 @@ def write_override(config: Config, plugin: str, table: Mapping[str, Any]) -> Pat
     Nested tables merge key by key; a value of None removes the key. The merged result
     (the operator's table under the overrides) is validated with the plugin's model
     first, and the file is replaced atomically (mode 0600). Takes effect on the next
-    load or reload.
+    load or reload. Blocking (file I/O, fsync): from async code call it through
+    ``anyio.to_thread.run_sync``.
 
     :return: the overrides file's path.
     :raises ConfigError: unknown plugin, or the result does not validate.
