@@ -84,6 +84,7 @@ def build_openapi(routes: Sequence[Route], *, title: str, version: str) -> dict[
             qschema = resolve(r.query, "validation")
             required = set(qschema.get("required", ()))
             for name, prop in qschema.get("properties", {}).items():
+                prop = _absent_not_null(prop)
                 param: dict[str, Any] = {
                     "name": name,
                     "in": "query",
@@ -139,6 +140,20 @@ def build_openapi(routes: Sequence[Route], *, title: str, version: str) -> dict[
         },
         "security": [{"bearerAuth": []}],
     }
+
+
+def _absent_not_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter is absent rather than null: drop ``null`` from ``anyOf``."""
+    options = prop.get("anyOf")
+    if not options:
+        return prop
+    kept = [o for o in options if o.get("type") != "null"]
+    if len(kept) == len(options):
+        return prop
+    rest = {k: v for k, v in prop.items() if k not in ("anyOf", "default")}
+    if len(kept) == 1:
+        return {**kept[0], **rest}
+    return {**rest, "anyOf": kept}
 
 
 def _operation_id(r: Route) -> str:

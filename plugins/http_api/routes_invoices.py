@@ -18,12 +18,11 @@ import segno
 from aiohttp import web
 from lightningd_py.plugins.invoice_tracker import records
 
-from lightningd_py.errors import LndError
 from lightningd_py.events import InvoiceEvent
 from lightningd_py.web import ApiError, ApiRequest, RouteRegistry
 
 from .models import MAX_MSAT, InvoiceCreate, InvoiceList, InvoiceListQuery, InvoiceOut, WaitQuery
-from .server import lnd_api_error
+from .server import call_lnd
 
 if TYPE_CHECKING:
     from . import HttpApi
@@ -104,16 +103,22 @@ def add_invoice_routes(api: HttpApi, router: RouteRegistry) -> None:
     tracker_name = "invoice_tracker"
     inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
 
+    checked = [0.0]
+
     def require_tracker() -> None:
-        if (
-            not daemon.config.enabled.get(tracker_name, True)
-            or tracker_name not in daemon.status()["plugins"]
-        ):
-            raise ApiError(
-                503,
-                "invoice_tracker_disabled",
-                "invoice endpoints need the invoice_tracker plugin; enable [plugins.invoice_tracker]",
-            )
+        # The tracker may be disabled at run time (plugin_failure = "skip"): look again
+        # every second, not on every request.
+        now = time.monotonic()
+        if now - checked[0] < 1.0:
+            return
+        if daemon.config.enabled.get(tracker_name, True) and tracker_name in daemon.status()["plugins"]:
+            checked[0] = now
+            return
+        raise ApiError(
+            503,
+            "invoice_tracker_disabled",
+            "invoice endpoints need the invoice_tracker plugin; enable [plugins.invoice_tracker]",
+        )
 
     async def create(req: ApiRequest) -> web.Response:
         require_tracker()
@@ -164,12 +169,9 @@ def add_invoice_routes(api: HttpApi, router: RouteRegistry) -> None:
     ) -> web.Response:
         msat, fiat = await amount_in_msat(api, body)
         expiry = body.expiry or api.settings.default_invoice_expiry
-        try:
-            added = await daemon.lnd.add_invoice(
-                value_msat=msat, memo=body.memo, expiry=expiry, private=body.private
-            )
-        except LndError as exc:
-            raise lnd_api_error(exc) from exc
+        added = await call_lnd(
+            daemon.lnd.add_invoice(value_msat=msat, memo=body.memo, expiry=expiry, private=body.private)
+        )
         now = int(time.time())
         created = records.CreatedInvoice(
             payment_hash=added.payment_hash,
@@ -311,10 +313,7 @@ def add_invoice_routes(api: HttpApi, router: RouteRegistry) -> None:
                 f"the invoice is {invoice['status']}; only open invoices can be canceled",
                 "payment_hash",
             )
-        try:
-            await daemon.lnd.cancel_invoice(invoice["payment_hash"])
-        except LndError as exc:
-            raise lnd_api_error(exc, "payment_hash") from exc
+        await call_lnd(daemon.lnd.cancel_invoice(invoice["payment_hash"]), "payment_hash")
         invoice["status"] = "canceled"
         return invoice
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from lightningd_py.errors import LndError
 from lightningd_py.events import PaymentEvent, PaymentSucceeded
@@ -26,7 +25,7 @@ from .models import (
     PaymentListQuery,
     PaymentOut,
 )
-from .server import lnd_api_error
+from .server import call_lnd, lnd_api_error
 
 if TYPE_CHECKING:
     import sqlite3
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PAYMENTS_SQL", "add_node_routes", "payment_event_row", "record_payment_event"]
 
-T = TypeVar("T")
 _BOLT11 = re.compile(r"^(lightning:)?ln(bc|tb|bcrt|sb|tbs)[0-9a-z]*1[02-9ac-hj-np-z]{6,}$", re.IGNORECASE)
 _POINT = re.compile(r"^[0-9a-f]{64}:\d{1,10}$")
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -140,19 +138,6 @@ def _payment_out(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-async def _lnd(call: Awaitable[T], field: str | None = None) -> T:
-    """Await an LND call; its input errors (ValueError "field: why") and LND's
-    refusals become 4xx naming the field."""
-    try:
-        return await call
-    except ValueError as exc:
-        text = str(exc)
-        name = text.split(":", 1)[0] if ":" in text else field
-        raise ApiError(400, "invalid_field", text, name or field) from exc
-    except LndError as exc:
-        raise lnd_api_error(exc, field) from exc
-
-
 def _check_bolt11(text: str, field: str = "payment_request") -> str:
     text = text.strip()
     if not _BOLT11.match(text):
@@ -164,12 +149,12 @@ def add_node_routes(api: HttpApi, router: RouteRegistry) -> None:
     daemon = api.daemon
 
     async def node(req: ApiRequest) -> dict[str, Any]:
-        info = await _lnd(daemon.lnd.get_info())
+        info = await call_lnd(daemon.lnd.get_info())
         return {k: getattr(info, k) for k in NodeOut.model_fields}
 
     async def balances(req: ApiRequest) -> dict[str, Any]:
-        wallet = await _lnd(daemon.lnd.wallet_balance())
-        chans = await _lnd(daemon.lnd.channel_balance())
+        wallet = await call_lnd(daemon.lnd.wallet_balance())
+        chans = await call_lnd(daemon.lnd.channel_balance())
         return {
             "onchain_total_sat": wallet.total_balance_sat,
             "onchain_confirmed_sat": wallet.confirmed_balance_sat,
@@ -215,7 +200,7 @@ def add_node_routes(api: HttpApi, router: RouteRegistry) -> None:
     async def pay(req: ApiRequest) -> dict[str, Any]:
         body: PaymentCreate = req.body
         text = _check_bolt11(body.payment_request)
-        payment = await _lnd(
+        payment = await call_lnd(
             daemon.lnd.send_payment(
                 text,
                 amt_msat=body.amount_msat,
@@ -270,8 +255,8 @@ def add_node_routes(api: HttpApi, router: RouteRegistry) -> None:
         return {"payments": [_payment_out(r) for r in page], "next_cursor": next_cursor}
 
     async def channels(req: ApiRequest) -> dict[str, Any]:
-        chans = await _lnd(daemon.lnd.list_channels())
-        pending = await _lnd(daemon.lnd.pending_channels())
+        chans = await call_lnd(daemon.lnd.list_channels())
+        pending = await call_lnd(daemon.lnd.pending_channels())
         out_pending = []
         for state, items in (
             ("pending_open", pending.pending_open),
@@ -314,7 +299,7 @@ def add_node_routes(api: HttpApi, router: RouteRegistry) -> None:
             raise ApiError(
                 400, "invalid_field", "push_sat: must be less than local_funding_amount_sat", "push_sat"
             )
-        point = await _lnd(
+        point = await call_lnd(
             daemon.lnd.open_channel(
                 body.node_pubkey,
                 body.local_funding_amount_sat,
@@ -343,7 +328,7 @@ def add_node_routes(api: HttpApi, router: RouteRegistry) -> None:
                 "query.sat_per_vbyte: not accepted for a force close",
                 "query.sat_per_vbyte",
             )
-        txid = await _lnd(
+        txid = await call_lnd(
             daemon.lnd.close_channel(point, force=q.force, sat_per_vbyte=q.sat_per_vbyte), "channel_point"
         )
         return {"channel_point": point, "closing_txid": txid}

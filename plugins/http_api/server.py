@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -21,7 +21,9 @@ from .auth import RateLimiter, TokenAuthenticator
 if TYPE_CHECKING:
     import structlog
 
-__all__ = ["ApiServer", "error_response", "lnd_api_error", "validation_api_error"]
+__all__ = ["ApiServer", "call_lnd", "error_response", "lnd_api_error", "validation_api_error"]
+
+T = TypeVar("T")
 
 _json = msgspec.json.Encoder(decimal_format="string")
 _JSON = "application/json"
@@ -54,6 +56,19 @@ def lnd_api_error(exc: LndError, field: str | None = None) -> ApiError:
         detail = f": {exc.details}" if exc.details and exc.kind in ("not_found", "timeout") else ""
         return ApiError(status, code, message + detail, field if exc.kind == "not_found" else None)
     return ApiError(502, "lnd_error", f"LND failed the request ({exc.code}): {exc.details}")
+
+
+async def call_lnd(call: Awaitable[T], field: str | None = None) -> T:
+    """Await an LND call; the client's argument errors (``ValueError("field: why")``) and
+    LND's refusals become API errors naming the field."""
+    try:
+        return await call
+    except ValueError as exc:
+        text = str(exc)
+        name = text.split(":", 1)[0] if ":" in text else field
+        raise ApiError(400, "invalid_field", text, name or field) from exc
+    except LndError as exc:
+        raise lnd_api_error(exc, field) from exc
 
 
 def validation_api_error(exc: ValidationError, prefix: str = "") -> ApiError:
