@@ -25,7 +25,9 @@ __all__ = [
     "EventsQuery",
     "FiatInfo",
     "Health",
+    "InvoiceChange",
     "InvoiceCreate",
+    "InvoiceHistory",
     "InvoiceList",
     "InvoiceListQuery",
     "InvoiceOut",
@@ -101,6 +103,18 @@ class InvoiceOut(BaseModel):
 class InvoiceList(BaseModel):
     invoices: list[InvoiceOut]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
+
+
+class InvoiceChange(BaseModel):
+    event_id: int = Field(description="the journal id of the event that made the change")
+    status: InvoiceStatus
+    time: float
+    amount_paid_msat: int
+
+
+class InvoiceHistory(BaseModel):
+    payment_hash: str
+    changes: list[InvoiceChange]
 
 
 class InvoiceListQuery(_Query):

@@ -21,7 +21,15 @@ from lightningd_py.plugins.invoice_tracker import records
 from lightningd_py.events import InvoiceEvent
 from lightningd_py.web import ApiError, ApiRequest, RouteRegistry
 
-from .models import MAX_MSAT, InvoiceCreate, InvoiceList, InvoiceListQuery, InvoiceOut, WaitQuery
+from .models import (
+    MAX_MSAT,
+    InvoiceCreate,
+    InvoiceHistory,
+    InvoiceList,
+    InvoiceListQuery,
+    InvoiceOut,
+    WaitQuery,
+)
 from .server import call_lnd
 
 if TYPE_CHECKING:
@@ -230,6 +238,11 @@ def add_invoice_routes(api: HttpApi, router: RouteRegistry) -> None:
             )
         return invoice
 
+    async def history(req: ApiRequest) -> dict[str, Any]:
+        invoice = await get(req)
+        changes = await records.invoice_history(daemon.store, invoice["payment_hash"])
+        return {"payment_hash": invoice["payment_hash"], "changes": changes}
+
     async def list_(req: ApiRequest) -> dict[str, Any]:
         require_tracker()
         q: InvoiceListQuery = req.query
@@ -348,6 +361,16 @@ def add_invoice_routes(api: HttpApi, router: RouteRegistry) -> None:
         role="readonly",
         summary="Get an invoice",
         response=InvoiceOut,
+        tags=inv,
+        responses={404: "No such invoice"},
+    )
+    r.add(
+        "GET",
+        "/v1/invoices/{payment_hash}/history",
+        history,
+        role="readonly",
+        summary="An invoice's state changes, oldest first",
+        response=InvoiceHistory,
         tags=inv,
         responses={404: "No such invoice"},
     )
