@@ -111,3 +111,28 @@ def test_out_of_range_values(tmp_path: Path) -> None:
     assert "plugins.webhooks.endpoints[0].timeout: must be > 0" in text
     assert "plugins.webhooks.endpoints[0].concurrency: must be >= 1" in text
     assert "plugins.webhooks.retry_schedule[0]: must be >= 0" in text
+
+
+def test_config_example_section_covers_and_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+    import tomllib
+
+    from lightningd_py.plugins.webhooks.settings import EndpointSettings
+
+    text = (Path(__file__).parents[3] / "config.toml.example").read_text()
+    section = text.split("\n[plugins.webhooks]\n", 1)[1].split("\n# ----", 1)[0]
+    # Uncomment the settings (and the example endpoint), leave the prose.
+    lines = [
+        re.sub(r"^# (\[\[plugins\.webhooks\.endpoints\]\]|[a-z_]+ = .*)$", r"\1", line)
+        for line in section.splitlines()
+    ]
+    table = tomllib.loads("\n".join(lines))
+    table.pop("enabled")
+    endpoint = table["plugins"]["webhooks"]["endpoints"][0]
+    del table["plugins"]
+    assert set(table) == set(WebhooksSettings.model_fields) - {"endpoints"}
+    assert set(endpoint) == set(EndpointSettings.model_fields)
+    assert WebhooksSettings.model_validate(table) == WebhooksSettings()
+    monkeypatch.setenv("SHOP_WEBHOOK_SECRET", generate_secret())
+    del endpoint["secret_file"]
+    load(tmp_path, {**table, "endpoints": [endpoint]})
