@@ -134,13 +134,23 @@ def iso_timestamp(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# 64-bit values exceed what a JSON number holds exactly in JavaScript (2^53): sent as
+# decimal strings, as LND's own REST API does.
+_UINT64_FIELDS = frozenset(
+    {"chan_id", "incoming_chan_id", "outgoing_chan_id", "timestamp_ns", "creation_time_ns"}
+)
+
+
 def default_payload(event: Event) -> dict[str, Any]:
-    """The ``data`` object of a webhook: the event's fields, its journal id as
-    ``event_id``, and the derived values a backend would otherwise compute."""
+    """The ``data`` object of a webhook: the event's fields (64-bit ids and nanosecond
+    times as strings), its journal id as ``event_id``, and the derived values a backend
+    would otherwise compute."""
     data = event_to_dict(event)
     data.pop("type", None)
     data.pop("time", None)
     data["event_id"] = data.pop("id", event.id)
+    for key in _UINT64_FIELDS.intersection(data):
+        data[key] = str(data[key])
     if isinstance(event, InvoiceEvent):
         data["expires_at"] = event.expires_at
     elif isinstance(event, ForwardEvent):

@@ -86,3 +86,4 @@ def test_default_payload() -> None:
         ForwardSettled(incoming_chan_id=1, outgoing_chan_id=2, amt_in_msat=11, amt_out_msat=10)
     )
     assert forward["fee_msat"] == 1
+    assert forward["incoming_chan_id"] == "1" and forward["timestamp_ns"] == "0"
