@@ -88,6 +88,7 @@ def add_system_routes(api: HttpApi, router: RouteRegistry) -> None:
                 checks[name] = dict(contribution)
         ok = (
             bool(lnd.get("reachable"))
+            and bool(lnd.get("active"))
             and db["ok"]
             and all(p["ok"] for p in plugins.values())
             and all(bool(c.get("ok", True)) for c in checks.values())
