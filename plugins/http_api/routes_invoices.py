@@ -143,15 +143,15 @@ def add_invoice_routes(api: HttpApi, router: RouteRegistry) -> None:
         # A retry racing the first request waits for it rather than creating twice.
         while (pending := inflight.get(slot)) is not None:
             await asyncio.shield(pending)
-        row = await daemon.store.fetchone(
-            "SELECT fingerprint, status, response FROM http_api_idempotency WHERE client = ? AND key = ?",
-            slot,
-        )
-        if row is not None:
-            return _replay(row, fingerprint)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         inflight[slot] = done
         try:
+            row = await daemon.store.fetchone(
+                "SELECT fingerprint, status, response FROM http_api_idempotency WHERE client = ? AND key = ?",
+                slot,
+            )
+            if row is not None:
+                return _replay(row, fingerprint)
             return await _create(req, body, key=key, fingerprint=fingerprint)
         finally:
             del inflight[slot]
