@@ -1,0 +1,190 @@
+"""Invoice semantics over real gRPC: indices, listing, subscription replay, hold invoices, bursts."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+
+import grpc
+import pytest
+
+from lightningd_py.lnd.rpc import invoices_pb2 as inv
+from lightningd_py.lnd.rpc import lightning_pb2 as ln
+from lightningd_py.simnet import bolt11
+
+from .conftest import SimnetProc, stubs
+
+INV = ln.Invoice
+
+
+async def _collect(call: object, n: int, limit: float = 5.0) -> list[ln.Invoice]:
+    out: list[ln.Invoice] = []
+
+    async def run() -> None:
+        async for item in call:  # type: ignore[attr-defined]
+            out.append(item)
+            if len(out) >= n:
+                return
+
+    await asyncio.wait_for(run(), limit)
+    return out
+
+
+def test_add_lookup_list_and_indices(simnet: SimnetProc) -> None:
+    async def run() -> None:
+        async with simnet.channel() as ch:
+            lnd, _, _, _ = stubs(ch)
+            info = await lnd.GetInfo(ln.GetInfoRequest())
+            added = [
+                await lnd.AddInvoice(ln.Invoice(value_msat=1000 * (i + 1), memo=f"m{i}")) for i in range(5)
+            ]
+            assert [a.add_index for a in added] == [1, 2, 3, 4, 5]
+            pr = bolt11.decode(added[0].payment_request)
+            assert added[0].payment_request.startswith("lnbcrt10n1")
+            assert pr.payee.hex() == info.identity_pubkey and pr.payment_hash == added[0].r_hash
+            assert pr.payment_secret == added[0].payment_addr
+            decoded = await lnd.DecodePayReq(ln.PayReqString(pay_req=added[1].payment_request))
+            assert decoded.destination == info.identity_pubkey and decoded.num_msat == 2000
+            assert decoded.description == "m1" and decoded.expiry == 86400 and decoded.cltv_expiry == 80
+
+            simnet.control.settle_invoice(added[1].r_hash)
+            simnet.control.settle_invoice(added[3].r_hash.hex(), amt_msat=5000)
+            got = await lnd.LookupInvoice(ln.PaymentHash(r_hash=added[3].r_hash))
+            assert got.state == INV.SETTLED and got.settle_index == 2 and got.amt_paid_msat == 5000
+            assert got.r_preimage and hashlib.sha256(got.r_preimage).digest() == got.r_hash
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await lnd.LookupInvoice(ln.PaymentHash(r_hash=os.urandom(32)))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "unable to locate invoice" in (err.value.details() or "")
+
+            page = await lnd.ListInvoices(ln.ListInvoiceRequest(index_offset=1, num_max_invoices=2))
+            assert [i.add_index for i in page.invoices] == [2, 3]
+            assert (page.first_index_offset, page.last_index_offset) == (2, 3)
+            pending = await lnd.ListInvoices(ln.ListInvoiceRequest(pending_only=True))
+            assert [i.add_index for i in pending.invoices] == [1, 3, 5]
+            rev = await lnd.ListInvoices(ln.ListInvoiceRequest(reversed=True, num_max_invoices=2))
+            assert [i.add_index for i in rev.invoices] == [4, 5]
+            rev2 = await lnd.ListInvoices(
+                ln.ListInvoiceRequest(reversed=True, index_offset=4, num_max_invoices=2)
+            )
+            assert [i.add_index for i in rev2.invoices] == [2, 3]
+            empty = await lnd.ListInvoices(ln.ListInvoiceRequest(index_offset=5))
+            assert list(empty.invoices) == []
+
+    asyncio.run(run())
+
+
+def test_subscribe_invoices_replay_and_live(simnet: SimnetProc) -> None:
+    async def run() -> None:
+        async with simnet.channel() as ch:
+            lnd, _, _, _ = stubs(ch)
+            added = [await lnd.AddInvoice(ln.Invoice(value_msat=1000)) for _ in range(4)]
+            simnet.control.settle_invoice(added[0].r_hash)  # settle_index 1
+            simnet.control.settle_invoice(added[2].r_hash)  # settle_index 2
+
+            # add_index=0, settle_index=0: no replay at all, only live updates.
+            live = lnd.SubscribeInvoices(ln.InvoiceSubscription())
+            # Replay: adds after 2 (3 settled, 4 open) in current state, then settles after 1 (invoice 3).
+            replay = lnd.SubscribeInvoices(ln.InvoiceSubscription(add_index=2, settle_index=1))
+            got = await _collect(replay, 3)
+            assert [(i.add_index, i.state) for i in got] == [
+                (3, INV.SETTLED),
+                (4, INV.OPEN),
+                (3, INV.SETTLED),
+            ]
+            await asyncio.sleep(0.1)
+            new = await lnd.AddInvoice(ln.Invoice(value_msat=7000))
+            simnet.control.settle_invoice(new.r_hash)
+            got_live = await _collect(live, 2)
+            assert [(i.add_index, i.state, i.settle_index) for i in got_live] == [
+                (5, INV.OPEN, 0),
+                (5, INV.SETTLED, 3),
+            ]
+            more = await _collect(replay, 2)
+            assert [(i.add_index, i.state) for i in more] == [(5, INV.OPEN), (5, INV.SETTLED)]
+            live.cancel()
+            replay.cancel()
+
+    asyncio.run(run())
+
+
+def test_hold_invoice_and_single_subscription(simnet: SimnetProc) -> None:
+    async def run() -> None:
+        async with simnet.channel() as ch:
+            lnd, _, invoices, _ = stubs(ch)
+            preimage = os.urandom(32)
+            r_hash = hashlib.sha256(preimage).digest()
+            all_stream = lnd.SubscribeInvoices(ln.InvoiceSubscription())
+            await asyncio.sleep(0.2)  # let the server register the subscription
+            resp = await invoices.AddHoldInvoice(
+                inv.AddHoldInvoiceRequest(hash=r_hash, value_msat=5000, memo="hold")
+            )
+            assert resp.add_index == 1
+            single = invoices.SubscribeSingleInvoice(inv.SubscribeSingleInvoiceRequest(r_hash=r_hash))
+            first = await _collect(single, 1)
+            assert first[0].state == INV.OPEN
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await invoices.SettleInvoice(inv.SettleInvoiceMsg(preimage=preimage))
+            assert "invoice still open" in (err.value.details() or "")
+            simnet.control.settle_invoice(r_hash)
+            assert (await _collect(single, 1))[0].state == INV.ACCEPTED
+            await invoices.SettleInvoice(inv.SettleInvoiceMsg(preimage=preimage))
+            settled = (await _collect(single, 1))[0]
+            assert settled.state == INV.SETTLED and settled.r_preimage == preimage
+            # The all-invoices stream saw the add and the settlement, never ACCEPTED.
+            seen = await _collect(all_stream, 2)
+            assert [i.state for i in seen] == [INV.OPEN, INV.SETTLED]
+
+            # Cancel path, and expiry: LND cancels expired invoices without an all-invoices message.
+            other = hashlib.sha256(b"x").digest()
+            await invoices.AddHoldInvoice(inv.AddHoldInvoiceRequest(hash=other, value_msat=1000))
+            await invoices.CancelInvoice(inv.CancelInvoiceMsg(payment_hash=other))
+            assert (await lnd.LookupInvoice(ln.PaymentHash(r_hash=other))).state == INV.CANCELED
+            short = await lnd.AddInvoice(ln.Invoice(value_msat=1000, expiry=1))
+            await asyncio.sleep(1.6)
+            assert (await lnd.LookupInvoice(ln.PaymentHash(r_hash=short.r_hash))).state == INV.CANCELED
+            seen = await _collect(all_stream, 2)
+            assert [i.state for i in seen] == [INV.OPEN, INV.OPEN]  # the two adds, no cancellations
+            all_stream.cancel()
+            single.cancel()
+
+    asyncio.run(run())
+
+
+def test_burst_settle_speed(simnet: SimnetProc) -> None:
+    """Prints the rate at which burst settlements reach a SubscribeInvoices client (no timing assert)."""
+    n = 20_000
+
+    async def run() -> None:
+        async with simnet.channel() as ch:
+            lnd, _, _, _ = stubs(ch)
+            stream = lnd.SubscribeInvoices(ln.InvoiceSubscription())
+            await asyncio.sleep(0.2)
+            received = 0
+            settled = 0
+            first_settle = last = 0.0
+
+            async def consume() -> None:
+                nonlocal received, settled, first_settle, last
+                async for item in stream:
+                    received += 1
+                    if item.state == INV.SETTLED:
+                        settled += 1
+                        if settled == 1:
+                            first_settle = time.perf_counter()
+                        if settled == n:
+                            last = time.perf_counter()
+                            return
+
+            task = asyncio.create_task(consume())
+            result = await asyncio.to_thread(simnet.control.burst_settle, n)
+            await asyncio.wait_for(task, 60)
+            assert received == 2 * n
+            rate = n / max(last - first_settle, 1e-9)
+            print(
+                f"\nburst {n}: simnet settle loop {result['settle_rate']}/s, client received settlements {rate:.0f}/s"
+            )
+
+    asyncio.run(run())
