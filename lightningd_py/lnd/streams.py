@@ -168,9 +168,11 @@ async def _pump(call: Any, stream: str, handle: Callable[[list[Any]], Awaitable[
 
     The reading task fills a buffer of ``BATCH`` messages while ``handle`` journals
     the previous batch, so a burst is journaled in a few large appends; when the
-    buffer is full, reading waits (gRPC flow control then holds LND back).
+    buffer is full, reading waits (gRPC flow control then holds LND back). When the
+    stream ends, what was read is journaled before ``StreamEnded`` is raised.
     """
     send, receive = anyio.create_memory_object_stream[Any](BATCH)
+    ended: list[StreamEnded] = []
 
     async def read() -> None:
         async with send:
@@ -178,11 +180,14 @@ async def _pump(call: Any, stream: str, handle: Callable[[list[Any]], Awaitable[
                 while True:
                     message = await call.read()
                     if message is grpc.aio.EOF:
-                        raise StreamEnded(stream)
+                        ended.append(StreamEnded(stream))
+                        return
                     await send.send(message)
             except (grpc.RpcError, grpc.aio.UsageError) as exc:
                 error = classify(exc)
-                raise StreamEnded(stream, error.code, error.details, error.kind) from exc
+                end = StreamEnded(stream, error.code, error.details, error.kind)
+                end.__cause__ = exc
+                ended.append(end)
 
     try:
         async with anyio.create_task_group() as tg:
@@ -198,6 +203,7 @@ async def _pump(call: Any, stream: str, handle: Callable[[list[Any]], Awaitable[
                     await handle(batch)
     finally:
         call.cancel()
+    raise ended[0] if ended else StreamEnded(stream)
 
 
 def _open(stream: str, method: Callable[..., Any], request: Any) -> Any:
