@@ -124,7 +124,9 @@ def ldp_migrations() -> list[Migration]:
     return [Migration(version=1, sql=IDEMPOTENCY_SQL + PAYMENTS_SQL)]
 
 
-@hookimpl
+# Last, so every other plugin has started (and built what its routes use) before its
+# ldp_register_routes is called; the socket is still bound before READY=1.
+@hookimpl(trylast=True)
 async def ldp_startup(daemon: Daemon) -> None:
     await _api(daemon).start()
 
@@ -152,7 +154,9 @@ def ldp_config_reloaded(daemon: Daemon) -> None:
     _api(daemon).reload()
 
 
-@hookimpl
+# First (startup runs last, shutdown in reverse): stop taking requests before the
+# plugins serving them close.
+@hookimpl(trylast=True)
 async def ldp_shutdown(daemon: Daemon) -> None:
     api = _running.pop(daemon, None)
     if api is not None:
