@@ -134,7 +134,8 @@ class PaymentEngine:
         self.latency = latency
         self.payments: list[PaymentRecord] = []
         self.by_hash: dict[bytes, PaymentRecord] = {}
-        self.updates: Hub[PaymentRecord] = Hub()
+        # Snapshots, so each subscriber sees every state the payment went through.
+        self.updates: Hub[tuple[bytes, ln.Payment]] = Hub()
         self.external_preimages: dict[bytes, bytes] = {}
         self.fail_next: list[int] = []
         self._attempt_id = 0
@@ -269,7 +270,7 @@ class PaymentEngine:
         )
         self.payments.append(rec)
         self.by_hash[payment_hash] = rec
-        self.updates.publish(rec)
+        self._publish(rec)
         task = asyncio.create_task(
             self._run(
                 rec,
@@ -286,10 +287,13 @@ class PaymentEngine:
         task.add_done_callback(self._tasks.discard)
         return rec
 
+    def _publish(self, rec: PaymentRecord) -> None:
+        self.updates.publish_lazy(lambda: (rec.payment_hash, rec.to_proto()))
+
     def _fail(self, rec: PaymentRecord, reason: int) -> None:
         rec.status = S.FAILED
         rec.failure_reason = reason
-        self.updates.publish(rec)
+        self._publish(rec)
 
     async def _run(
         self,
@@ -330,7 +334,7 @@ class PaymentEngine:
         out_htlc = out.next_htlc_id()
         out.local_msat -= route.total_amt_msat  # locked in the outgoing HTLC
         self._htlc(rt.HtlcEvent.SEND, out_chan=out.chan_id, out_htlc=out_htlc, forward=rec.value_msat)
-        self.updates.publish(rec)
+        self._publish(rec)
         await asyncio.sleep(self.latency)
         reason, preimage = await self._deliver(rec, route, timeout_seconds)
         attempt = rec.htlcs[-1]
@@ -351,7 +355,7 @@ class PaymentEngine:
         rec.status = S.SUCCEEDED
         rec.preimage = preimage
         rec.fee_msat = route.total_fees_msat
-        self.updates.publish(rec)
+        self._publish(rec)
         del node
 
     async def _deliver(

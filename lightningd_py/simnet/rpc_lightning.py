@@ -245,3 +245,23 @@ class LightningServicer(ChannelRpc):
                 ln.Feature(name=names.get(bit, "unknown"), is_required=bit % 2 == 0, is_known=bit in names)
             )
         return resp
+
+    # ---- payments -----------------------------------------------------------------
+    async def ListPayments(
+        self, request: ln.ListPaymentsRequest, context: grpc.aio.ServicerContext
+    ) -> ln.ListPaymentsResponse:
+        engine = self.sim.payments
+        found, first, last = engine.query(
+            index_offset=request.index_offset,
+            max_payments=request.max_payments,
+            include_incomplete=request.include_incomplete,
+            reversed_=request.reversed,
+            start=request.creation_date_start,
+            end=request.creation_date_end,
+        )
+        resp = ln.ListPaymentsResponse(
+            payments=[p.to_proto() for p in found], first_index_offset=first, last_index_offset=last
+        )
+        if request.count_total_payments:
+            resp.total_num_payments = len(engine.payments)
+        return resp

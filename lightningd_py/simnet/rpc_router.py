@@ -11,7 +11,7 @@ from lightningd_py.lnd.rpc import lightning_pb2 as ln
 from lightningd_py.lnd.rpc import router_pb2 as rt
 from lightningd_py.simnet import bolt11
 from lightningd_py.simnet.invoices import InvoiceError
-from lightningd_py.simnet.payments import PaymentRecord, RouteError
+from lightningd_py.simnet.payments import RouteError
 
 if TYPE_CHECKING:
     from lightningd_py.simnet.server import Simnet
@@ -88,26 +88,28 @@ class RouterServicer:
             updates.close()
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
             raise
-        async for item in self._follow(rec, updates, request.no_inflight_updates, first=rec):
+        # Subscribed before the payment started: the creation update is already queued.
+        async for item in self._follow(rec.payment_hash, updates, request.no_inflight_updates, None):
             yield item
 
     async def _follow(
         self,
-        rec: PaymentRecord,
-        updates: AsyncIterator[PaymentRecord],
+        payment_hash: bytes,
+        updates: AsyncIterator[tuple[bytes, ln.Payment]],
         no_inflight: bool,
-        first: PaymentRecord,
+        first: ln.Payment | None,
     ) -> AsyncIterator[ln.Payment]:
-        if not (no_inflight and first.status == S.IN_FLIGHT):
-            yield first.to_proto()
-        if first.status != S.IN_FLIGHT:
-            return
-        async for update in updates:
-            if update is not rec:
+        if first is not None:
+            if not (no_inflight and first.status == S.IN_FLIGHT):
+                yield first
+            if first.status != S.IN_FLIGHT:
+                return
+        async for update_hash, update in updates:
+            if update_hash != payment_hash:
                 continue
             if no_inflight and update.status == S.IN_FLIGHT:
                 continue
-            yield update.to_proto()
+            yield update
             if update.status != S.IN_FLIGHT:
                 return
 
@@ -119,16 +121,17 @@ class RouterServicer:
             await context.abort(grpc.StatusCode.NOT_FOUND, "payment isn't initiated")
             raise AssertionError
         updates = self.engine.updates.subscribe()
-        async for item in self._follow(rec, updates, request.no_inflight_updates, first=rec):
+        first = rec.to_proto()
+        async for item in self._follow(rec.payment_hash, updates, request.no_inflight_updates, first):
             yield item
 
     async def TrackPayments(
         self, request: rt.TrackPaymentsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ln.Payment]:
-        async for rec in self.engine.updates.subscribe():
-            if request.no_inflight_updates and rec.status == S.IN_FLIGHT:
+        async for _hash, payment in self.engine.updates.subscribe():
+            if request.no_inflight_updates and payment.status == S.IN_FLIGHT:
                 continue
-            yield rec.to_proto()
+            yield payment
 
     async def SubscribeHtlcEvents(
         self, request: rt.SubscribeHtlcEventsRequest, context: grpc.aio.ServicerContext

@@ -104,11 +104,11 @@ class Simnet:
         self._server = server
 
     async def _stop_grpc(self) -> None:
+        # Streams end first; stop() then refuses new calls while the ended streams finish
+        # (with status OK, as when LND shuts down) within the grace period.
         self._end_streams()
-        # Let the handlers see the end of their streams and finish with status OK.
-        await asyncio.sleep(0.05)
         if self._server is not None:
-            await self._server.stop(grace=0.5)
+            await self._server.stop(grace=1.0)
             self._server = None
 
     def _end_streams(self) -> None:

@@ -183,8 +183,7 @@ def test_burst_settle_speed(simnet: SimnetProc) -> None:
             await asyncio.wait_for(task, 60)
             assert received == 2 * n
             rate = n / max(last - first_settle, 1e-9)
-            print(
-                f"\nburst {n}: simnet settle loop {result['settle_rate']}/s, client received settlements {rate:.0f}/s"
-            )
+            loop_rate = result["settle_rate"]
+            print(f"\nburst {n}: simnet settle loop {loop_rate}/s, client got {rate:.0f} settlements/s")
 
     asyncio.run(run())
