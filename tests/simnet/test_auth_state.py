@@ -91,8 +91,10 @@ def test_locked_start_unlock_and_states(tmp_path: Path) -> None:
 
 
 def test_restart_ends_streams_ok_and_comes_back(simnet: SimnetProc) -> None:
+    cert_path = Path(simnet.info["tls_cert"])
+    cert_before = cert_path.read_bytes()
+
     async def run() -> None:
-        cert_before = Path(simnet.info["tls_cert"]).read_bytes()
         async with simnet.channel() as ch:
             lnd, router, _, state = stubs(ch)
             added = await lnd.AddInvoice(ln.Invoice(value_msat=1000))
@@ -118,7 +120,8 @@ def test_restart_ends_streams_ok_and_comes_back(simnet: SimnetProc) -> None:
             err = await _error(lnd.GetInfo(ln.GetInfoRequest(), timeout=1))
             assert err.code() == grpc.StatusCode.UNAVAILABLE
         await asyncio.sleep(1.0)
-        assert Path(simnet.info["tls_cert"]).read_bytes() != cert_before  # regenerated, re-read by clients
+        cert_now = await asyncio.to_thread(cert_path.read_bytes)
+        assert cert_now != cert_before  # regenerated; clients re-read it on reconnect
         async with simnet.channel() as ch:
             lnd, _, _, state = stubs(ch)
             for _ in range(50):

@@ -17,6 +17,10 @@ from .conftest import SimnetProc, stubs
 P = ln.Payment
 
 
+def key(e: rt.HtlcEvent) -> tuple[int, int, int, int]:
+    return (e.incoming_channel_id, e.incoming_htlc_id, e.outgoing_channel_id, e.outgoing_htlc_id)
+
+
 async def _payment_updates(call: object) -> list[ln.Payment]:
     out: list[ln.Payment] = []
     async for update in call:  # type: ignore[attr-defined]
@@ -69,7 +73,7 @@ def test_circular_self_payment_moves_balances_and_settles(simnet: SimnetProc) ->
             done = updates[-1]
             assert done.fee_msat == fee_last + fee_mid and done.value_msat == amt
             assert hashlib.sha256(bytes.fromhex(done.payment_preimage)).digest() == invoice.r_hash
-            assert [h.chan_id for h in done.htlcs[0].route.hops][0] == out.chan_id
+            assert done.htlcs[0].route.hops[0].chan_id == out.chan_id
             assert done.htlcs[0].route.hops[-1].chan_id == inc.chan_id
 
             settled = await lnd.LookupInvoice(ln.PaymentHash(r_hash=invoice.r_hash))
@@ -156,12 +160,6 @@ def test_forward_emits_htlc_events_and_history(simnet: SimnetProc) -> None:
             assert fwd.forward_event.info.outgoing_amt_msat == 50_000_000
             assert fwd.forward_event.info.incoming_amt_msat == 50_001_500
             assert settle.HasField("settle_event")
-            key = lambda e: (
-                e.incoming_channel_id,
-                e.incoming_htlc_id,
-                e.outgoing_channel_id,
-                e.outgoing_htlc_id,
-            )  # noqa: E731
             assert key(fwd) == key(settle) and fwd.incoming_channel_id == cin.chan_id
             assert final.HasField("final_htlc_event") and final.final_htlc_event.settled
             await asyncio.to_thread(simnet.control.forward, cin.chan_id, cout.chan_id, 1_000, 1, True)
