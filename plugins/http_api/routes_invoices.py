@@ -18,7 +18,7 @@ import segno
 from aiohttp import web
 from lightningd_py.plugins.invoice_tracker import records
 
-from lightningd_py.events import InvoiceEvent
+from lightningd_py.events import InvoiceCanceled, InvoiceEvent
 from lightningd_py.web import ApiError, ApiRequest, RouteRegistry
 
 from .models import (
@@ -327,6 +327,22 @@ def add_invoice_routes(api: HttpApi, router: RouteRegistry) -> None:
                 "payment_hash",
             )
         await call_lnd(daemon.lnd.cancel_invoice(invoice["payment_hash"]), "payment_hash")
+        # LND's invoice stream never reports cancellations: journal the fact now, so the
+        # tracker, webhooks and SSE see it at once (the journal drops the copy the
+        # daemon's own sweep would find later).
+        await daemon.emit(
+            InvoiceCanceled(
+                payment_hash=invoice["payment_hash"],
+                payment_request=invoice["payment_request"],
+                memo=invoice["memo"],
+                value_msat=invoice["amount_msat"],
+                amt_paid_msat=invoice["amount_paid_msat"],
+                creation_date=invoice["created_at"],
+                expiry=max(0, invoice["expires_at"] - invoice["created_at"]),
+                add_index=invoice["add_index"],
+                private=invoice["private"],
+            )
+        )
         invoice["status"] = "canceled"
         return invoice
 

@@ -177,6 +177,16 @@ def api_of() -> Iterator[Any]:
     yield make
 
 
+UNLIMITED = {"rate_limits": {"general": "0", "channels": "0", "public": "0"}}
+
+
+@pytest.fixture
+def api_daemon(ldp_daemon_factory: Any) -> Any:
+    """A daemon on simnet without rate limits (tests poll a lot); LND active."""
+    daemon = ldp_daemon_factory(plugins={"http_api": UNLIMITED})
+    return daemon
+
+
 @pytest.fixture
 def simctl() -> Any:
     """``simctl(simnet, path, body=None)``: call simnet's control API."""

@@ -48,11 +48,14 @@ def rate_server() -> Iterator[dict[str, Any]]:
 
 
 def rates_config(rate_server: dict[str, Any]) -> dict[str, Any]:
-    return {"exchange_rates": {"provider": "custom", "url": rate_server["url"], "json_path": "data.amount"}}
+    return {
+        "exchange_rates": {"provider": "custom", "url": rate_server["url"], "json_path": "data.amount"},
+        "rate_limits": {"general": "0"},
+    }
 
 
-def test_invoice_paid_on_simnet_shows_in_get_wait_and_sse(ldp_daemon, api_of, simctl, sse) -> None:
-    api = api_of(ldp_daemon)
+def test_invoice_paid_on_simnet_shows_in_get_wait_and_sse(api_daemon, api_of, simctl, sse) -> None:
+    api = api_of(api_daemon)
     stream = sse(api, "?types=invoice.*")
     assert stream.status == 200
     inv = api.invoice(amount_sat=2100, memo="coffee", metadata={"order_id": "A-17"})
@@ -66,7 +69,7 @@ def test_invoice_paid_on_simnet_shows_in_get_wait_and_sse(ldp_daemon, api_of, si
         waiting = pool.submit(api.get, f"/v1/invoices/{h}/wait?timeout=20", role="readonly")
         time.sleep(0.3)
         assert not waiting.done()
-        simctl(ldp_daemon.simnet, "/invoices/settle", {"payment_hash": h})
+        simctl(api_daemon.simnet, "/invoices/settle", {"payment_hash": h})
         waited = waiting.result(timeout=20)
     assert waited.status == 200 and waited.json["status"] == "paid"
     assert waited.json["amount_paid_msat"] == 2_100_000
@@ -74,7 +77,7 @@ def test_invoice_paid_on_simnet_shows_in_get_wait_and_sse(ldp_daemon, api_of, si
     settled = stream.wait_for(lambda e: e[1] == "invoice.settled" and e[2]["payment_hash"] == h)
     assert settled[0][2]["amt_paid_msat"] == 2_100_000
     created = stream.wait_for(lambda e: e[1] == "invoice.created" and e[2]["payment_hash"] == h)
-    ldp_daemon.wait_for(lambda: api.get(f"/v1/invoices/{h}", role="readonly").json["status"] == "paid")
+    api_daemon.wait_for(lambda: api.get(f"/v1/invoices/{h}", role="readonly").json["status"] == "paid")
     final = api.get(f"/v1/invoices/{h}", role="readonly").json
     assert final["preimage"] and final["settled_at"] and final["metadata"] == {"order_id": "A-17"}
     history = api.get(f"/v1/invoices/{h}/history", role="readonly").json["changes"]
@@ -133,8 +136,8 @@ def test_amount_forms_and_fiat(ldp_daemon_factory, api_of, rate_server) -> None:
     assert huge.status == 413 and huge.error["field"] == "body"
 
 
-def test_idempotency_key(ldp_daemon, api_of) -> None:
-    api = api_of(ldp_daemon)
+def test_idempotency_key(api_daemon, api_of) -> None:
+    api = api_of(api_daemon)
     body = {"amount_sat": 500, "memo": "order 9"}
     key = {"Idempotency-Key": "order-9"}
     first = api.post("/v1/invoices", body, role="invoice", headers=key)
@@ -157,11 +160,11 @@ def test_idempotency_key(ldp_daemon, api_of) -> None:
     assert api.post("/v1/invoices", body, headers=key).json["payment_hash"] != first.json["payment_hash"]
 
 
-def test_list_qr_cancel_and_errors(ldp_daemon, api_of, simctl) -> None:
-    api = api_of(ldp_daemon)
+def test_list_qr_cancel_and_errors(api_daemon, api_of, simctl) -> None:
+    api = api_of(api_daemon)
     made = [api.invoice(amount_sat=100 + i) for i in range(5)]
-    simctl(ldp_daemon.simnet, "/invoices/settle", {"payment_hash": made[1]["payment_hash"]})
-    ldp_daemon.wait_for(lambda: api.get(f"/v1/invoices/{made[1]['payment_hash']}").json["status"] == "paid")
+    simctl(api_daemon.simnet, "/invoices/settle", {"payment_hash": made[1]["payment_hash"]})
+    api_daemon.wait_for(lambda: api.get(f"/v1/invoices/{made[1]['payment_hash']}").json["status"] == "paid")
     seen: list[str] = []
     cursor = ""
     for _ in range(10):
@@ -193,7 +196,7 @@ def test_list_qr_cancel_and_errors(ldp_daemon, api_of, simctl) -> None:
 
     canceled = api.post(f"/v1/invoices/{h}/cancel", role="invoice")
     assert canceled.status == 200 and canceled.json["status"] == "canceled"
-    ldp_daemon.wait_for(lambda: api.get(f"/v1/invoices/{h}").json["status"] == "canceled")
+    api_daemon.wait_for(lambda: api.get(f"/v1/invoices/{h}").json["status"] == "canceled")
     assert api.post(f"/v1/invoices/{h}/cancel", role="invoice").status == 409
     assert api.post(f"/v1/invoices/{made[1]['payment_hash']}/cancel", role="invoice").status == 409
 
@@ -204,8 +207,8 @@ def test_list_qr_cancel_and_errors(ldp_daemon, api_of, simctl) -> None:
     assert api.get("/v1/nothing-here").error["code"] == "not_found"
 
 
-def test_roles(ldp_daemon, api_of) -> None:
-    api = api_of(ldp_daemon)
+def test_roles(api_daemon, api_of) -> None:
+    api = api_of(api_daemon)
     h = api.invoice()["payment_hash"]
     # (method, path, body, least role)
     matrix = [
@@ -236,17 +239,17 @@ def test_roles(ldp_daemon, api_of) -> None:
     assert api.get("/v1/openapi.json", role=None).status == 200
 
 
-def test_node_balances_decode_payments(ldp_daemon, api_of, simctl) -> None:
-    api = api_of(ldp_daemon)
+def test_node_balances_decode_payments(api_daemon, api_of, simctl) -> None:
+    api = api_of(api_daemon)
     node = api.get("/v1/node", role="readonly").json
     assert (len(node["pubkey"]) == 66 and node["chain"]) or node["network"]
     balances = api.get("/v1/balances").json
     assert balances["onchain_total_sat"] >= 0 and "channels_local_msat" in balances
 
-    state = simctl(ldp_daemon.simnet, "/state")
+    state = simctl(api_daemon.simnet, "/state")
     peer = state["channel_list"][0]["peer"]
     ext = simctl(
-        ldp_daemon.simnet, "/external-invoice", {"peer": peer, "value_msat": 50_000, "memo": "pay me"}
+        api_daemon.simnet, "/external-invoice", {"peer": peer, "value_msat": 50_000, "memo": "pay me"}
     )
     decoded = api.post("/v1/decode", {"payment_request": ext["payment_request"]}, role="readonly").json
     assert decoded["payment_hash"] == ext["payment_hash"] and decoded["amount_msat"] == 50_000
@@ -266,8 +269,8 @@ def test_node_balances_decode_payments(ldp_daemon, api_of, simctl) -> None:
     listed = api.get("/v1/payments?status=succeeded").json["payments"]
     assert ext["payment_hash"] in [p["payment_hash"] for p in listed]
 
-    simctl(ldp_daemon.simnet, "/payments/fail-next", {"reason": "NO_ROUTE"})
-    ext2 = simctl(ldp_daemon.simnet, "/external-invoice", {"peer": peer, "value_msat": 10_000})
+    simctl(api_daemon.simnet, "/payments/fail-next", {"reason": "NO_ROUTE"})
+    ext2 = simctl(api_daemon.simnet, "/external-invoice", {"peer": peer, "value_msat": 10_000})
     failed = api.post("/v1/payments", {"payment_request": ext2["payment_request"], "fee_limit_msat": 10})
     assert failed.status == 200 and failed.json["status"] == "failed"
     assert failed.json["failure_reason"] == "FAILURE_REASON_NO_ROUTE"
@@ -279,8 +282,8 @@ def test_node_balances_decode_payments(ldp_daemon, api_of, simctl) -> None:
     assert api.get(f"/v1/payments/{ZERO_HASH}").status == 404
 
 
-def test_channels(ldp_daemon, api_of, simctl) -> None:
-    api = api_of(ldp_daemon)
+def test_channels(api_daemon, api_of, simctl) -> None:
+    api = api_of(api_daemon)
     listed = api.get("/v1/channels").json
     assert listed["channels"], listed
     chan = listed["channels"][0]
@@ -310,8 +313,8 @@ def test_channels(ldp_daemon, api_of, simctl) -> None:
     assert api.get("/v1/channels", role="invoice").status == 403
 
 
-def test_health_and_openapi(ldp_daemon, api_of) -> None:
-    api = api_of(ldp_daemon)
+def test_health_and_openapi(api_daemon, api_of) -> None:
+    api = api_of(api_daemon)
     health = api.get("/v1/health", role=None).json
     assert health["ok"] is True, health
     assert health["lnd"]["reachable"] is True and health["database"]["ok"] is True
@@ -362,24 +365,24 @@ def test_invoice_endpoints_need_the_tracker(ldp_daemon_factory, api_of) -> None:
     assert api.get("/v1/node").status == 200
 
 
-def test_invoices_created_and_paid_while_killed(ldp_daemon, api_of, simctl) -> None:
-    api = api_of(ldp_daemon)
+def test_invoices_created_and_paid_while_killed(api_daemon, api_of, simctl) -> None:
+    api = api_of(api_daemon)
     before = api.invoice(amount_sat=700, metadata={"order": 1})
-    ldp_daemon.kill9()
-    simctl(ldp_daemon.simnet, "/invoices/settle", {"payment_hash": before["payment_hash"]})
-    offline = simctl(ldp_daemon.simnet, "/invoices", {"value_msat": 42_000, "memo": "while down"})
-    simctl(ldp_daemon.simnet, "/invoices/settle", {"payment_hash": offline["payment_hash"]})
-    unpaid = simctl(ldp_daemon.simnet, "/invoices", {"value_msat": 1_000, "memo": "still open"})
-    ldp_daemon.start()
-    api = api_of(ldp_daemon)
+    api_daemon.kill9()
+    simctl(api_daemon.simnet, "/invoices/settle", {"payment_hash": before["payment_hash"]})
+    offline = simctl(api_daemon.simnet, "/invoices", {"value_msat": 42_000, "memo": "while down"})
+    simctl(api_daemon.simnet, "/invoices/settle", {"payment_hash": offline["payment_hash"]})
+    unpaid = simctl(api_daemon.simnet, "/invoices", {"value_msat": 1_000, "memo": "still open"})
+    api_daemon.start()
+    api = api_of(api_daemon)
 
     def state(h: str) -> str | None:
         reply = api.get(f"/v1/invoices/{h}")
         return reply.json["status"] if reply.status == 200 else None
 
-    ldp_daemon.wait_for(lambda: state(before["payment_hash"]) == "paid", timeout=15)
-    ldp_daemon.wait_for(lambda: state(offline["payment_hash"]) == "paid", timeout=15)
-    ldp_daemon.wait_for(lambda: state(unpaid["payment_hash"]) == "pending", timeout=15)
+    api_daemon.wait_for(lambda: state(before["payment_hash"]) == "paid", timeout=15)
+    api_daemon.wait_for(lambda: state(offline["payment_hash"]) == "paid", timeout=15)
+    api_daemon.wait_for(lambda: state(unpaid["payment_hash"]) == "pending", timeout=15)
     kept = api.get(f"/v1/invoices/{before['payment_hash']}").json
     assert kept["metadata"] == {"order": 1}
     assert api.get(f"/v1/invoices/{offline['payment_hash']}").json["memo"] == "while down"
