@@ -62,8 +62,14 @@ _services: weakref.WeakKeyDictionary[Daemon, WebhookService] = weakref.WeakKeyDi
 
 
 def service_for(daemon: Daemon) -> WebhookService:
-    """The plugin's running service for this daemon (after ``ldp_startup``)."""
-    return _services[daemon]
+    """The plugin's service for this daemon, created on first use: the http_api plugin
+    may ask for routes before this plugin's ``ldp_startup`` ran (its own startup comes
+    first); the service only delivers once started."""
+    service = _services.get(daemon)
+    if service is None:
+        settings = daemon.settings if isinstance(daemon.settings, WebhooksSettings) else WebhooksSettings()
+        service = _services[daemon] = WebhookService(daemon, settings)
+    return service
 
 
 @hookimpl
@@ -84,10 +90,7 @@ def ldp_journal_start(daemon: Daemon) -> str:
 
 @hookimpl
 async def ldp_startup(daemon: Daemon) -> None:
-    settings = daemon.settings if isinstance(daemon.settings, WebhooksSettings) else WebhooksSettings()
-    service = WebhookService(daemon, settings)
-    await service.open()
-    _services[daemon] = service
+    await service_for(daemon).open()
 
 
 @hookimpl
@@ -141,7 +144,7 @@ async def ldp_event(daemon: Daemon, event: Event) -> None:
 
 @hookimpl
 def ldp_register_routes(daemon: Daemon, router: RouteRegistry) -> None:
-    register_routes(_services[daemon], router)
+    register_routes(service_for(daemon), router)
 
 
 @hookimpl

@@ -7,8 +7,10 @@ The receivers verify nothing themselves: tests verify what they recorded with th
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +51,7 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     # Returns (status, headers); may sleep to play a slow endpoint.
     behaviour: Callable[[Received], Awaitable[tuple[int, dict[str, str]]]] | None = None
-    arrived: anyio.Event = field(default_factory=anyio.Event)
+    arrived: anyio.Event | None = None
     _runner: web.AppRunner | None = None
     _port: int = 0
 
@@ -61,11 +63,13 @@ class Receiver:
             status, headers = await self.behaviour(item)
         if 200 <= status < 300:
             self.received.append(item)
-        self.arrived.set()
+        if self.arrived is not None:
+            self.arrived.set()
         self.arrived = anyio.Event()
         return web.Response(status=status, headers=headers, text="ok")
 
     async def start(self, port: int = 0) -> None:
+        self.arrived = anyio.Event()
         app = web.Application()
         app.router.add_post("/hook", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
@@ -84,6 +88,7 @@ class Receiver:
         """Wait until ``count`` successful deliveries arrived."""
         with anyio.fail_after(within):
             while len(self.received) < count:
+                assert self.arrived is not None, "the receiver is not started"
                 await self.arrived.wait()
         return self.received
 
@@ -192,3 +197,68 @@ async def run_plugin(state_dir: Path, table: dict[str, Any]) -> AsyncIterator[Ru
     with anyio.CancelScope(shield=True):
         await host.hooks.each("ldp_shutdown")
         await store.close()
+
+
+class ThreadedReceiver:
+    """A ``Receiver`` on its own event loop in a thread, for tests that drive the
+    daemon as a process (synchronous fixtures). ``status`` is the answer to give."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.receiver = Receiver()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    async def _answer(self, item: Received) -> tuple[int, dict[str, str]]:
+        return self.status, {}
+
+    def start(self, port: int = 0) -> ThreadedReceiver:
+        self.receiver.behaviour = self._answer
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self.receiver.start(port))
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.receiver.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self._loop = self._thread = None
+
+    @property
+    def url(self) -> str:
+        return self.receiver.url
+
+    @property
+    def received(self) -> list[Received]:
+        return list(self.receiver.received)
+
+    @property
+    def attempts(self) -> list[Received]:
+        return list(self.receiver.attempts)
+
+
+@pytest.fixture
+def threaded_receivers() -> Iterator[Callable[[], ThreadedReceiver]]:
+    started: list[ThreadedReceiver] = []
+
+    def make() -> ThreadedReceiver:
+        receiver = ThreadedReceiver().start()
+        started.append(receiver)
+        return receiver
+
+    yield make
+    for receiver in started:
+        receiver.stop()

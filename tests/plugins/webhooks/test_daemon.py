@@ -1,0 +1,208 @@
+"""The daemon as a real process on simnet: events made on the (simulated) LND node
+reach real receivers, signed; a kill -9 with deliveries pending loses nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from lightningd_py.plugins.webhooks.signing import generate_secret
+from prometheus_client.parser import text_string_to_metric_families
+from standardwebhooks import Webhook
+
+from .conftest import ThreadedReceiver
+
+
+def api(daemon: Any, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    request = urllib.request.Request(
+        daemon.api_url + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {daemon.tokens['admin']}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+def lnd_active(daemon: Any) -> bool:
+    try:
+        return bool(api(daemon, "GET", "/v1/health")["lnd"]["active"])
+    except urllib.error.HTTPError:
+        return False
+
+
+def webhooks_table(
+    receiver: ThreadedReceiver, secret: str, events: list[str], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "webhooks": {
+            "endpoints": [{"name": "shop", "url": receiver.url, "secret": secret, "events": events}],
+            **extra,
+        }
+    }
+
+
+def bodies(receiver: ThreadedReceiver, secret: str) -> list[dict[str, Any]]:
+    """Every successful delivery, each verified with the standardwebhooks library."""
+    return [Webhook(secret).verify(item.body, item.headers) for item in receiver.received]
+
+
+def types_seen(receiver: ThreadedReceiver) -> Counter[str]:
+    return Counter(json.loads(item.body)["type"] for item in receiver.received)
+
+
+def test_events_made_on_the_node_reach_the_receiver(
+    ldp_daemon_factory: Callable[..., Any], threaded_receivers: Callable[[], ThreadedReceiver]
+) -> None:
+    receiver = threaded_receivers()
+    secret = generate_secret()
+    plugins = webhooks_table(
+        receiver, secret, ["*", "forward.settled"], retry_schedule=[0, 0.2, 0.5, 1, 1, 1]
+    )
+    # Cancellation is found by the daemon's sweep of open invoices: sweep every second.
+    daemon = ldp_daemon_factory(plugins=plugins, lnd={"invoice_sweep_interval": 1})
+    ctl = daemon.simnet.control
+    peer = ctl.state()["channel_list"][0]["peer"]
+    daemon.wait_for(lambda: lnd_active(daemon), 15)
+
+    paid = ctl.add_invoice(value_msat=21_000, memo="order 1")
+    ctl.settle_invoice(paid["payment_hash"])
+    canceled = api(daemon, "POST", "/v1/invoices", {"amount_msat": 5_000, "memo": "order 2"})
+    api(daemon, "POST", f"/v1/invoices/{canceled['payment_hash']}/cancel")
+    outgoing = ctl.external_invoice(peer, 10_000, memo="supplier")
+    api(
+        daemon,
+        "POST",
+        "/v1/payments",
+        {"payment_request": outgoing["payment_request"], "fee_limit_msat": 1000},
+    )
+    ctl.fail_next_payment("FAILURE_REASON_NO_ROUTE")
+    failing = ctl.external_invoice(peer, 10_000, memo="supplier 2")
+    try:
+        api(
+            daemon,
+            "POST",
+            "/v1/payments",
+            {"payment_request": failing["payment_request"], "fee_limit_msat": 1000},
+        )
+    except urllib.error.HTTPError:
+        pass  # the API reports the failure; the webhook is what this test checks
+    opened = ctl.open_channel(peer, 500_000, confirm=True)
+    chan = opened.get("chan_id") or opened.get("channel_point")
+    ctl.set_channel_active(chan, False)
+    ctl.set_channel_active(chan, True)
+    channels = ctl.state()["channel_list"]
+    ctl.forward(channels[0]["chan_id"], channels[1]["chan_id"], 100_000, fee_msat=10)
+    ctl.close_channel(chan, confirm=True)
+    ctl.restart(down_seconds=2, wait=True)
+
+    wanted = {
+        "invoice.created",
+        "payment.confirmed",
+        "invoice.canceled",
+        "payment.sent",
+        "payment.failed",
+        "channel.opened",
+        "channel.inactive",
+        "channel.active",
+        "channel.closed",
+        "forward.settled",
+        "node.unreachable",
+        "node.reachable",
+    }
+    try:
+        daemon.wait_for(lambda: wanted <= set(types_seen(receiver)), 30)
+    finally:
+        print(types_seen(receiver))
+    seen = bodies(receiver, secret)
+    confirmed = [b["data"] for b in seen if b["type"] == "payment.confirmed"]
+    assert [c["payment_hash"] for c in confirmed] == [paid["payment_hash"]]
+    assert confirmed[0]["amt_paid_msat"] == 21_000
+    ids = [item.headers["webhook-id"] for item in receiver.received]
+    assert len(ids) == len(set(ids))
+
+    # The admin API and the Prometheus endpoint, served by the http_api and metrics plugins.
+    health = api(daemon, "GET", "/v1/webhooks/endpoints")["endpoints"]
+    assert health[0]["name"] == "shop" and health[0]["success_rate"] == 1.0
+    page = api(daemon, "GET", "/v1/webhooks/deliveries?status=delivered&limit=500")
+    assert {d["webhook_id"] for d in page["deliveries"]} == set(ids)
+    tested = api(daemon, "POST", "/v1/webhooks/endpoints/shop/test")
+    assert tested["delivery"]["status"] == "delivered"
+    for text in (json.dumps(health), json.dumps(page), json.dumps(tested), daemon.logs()):
+        assert secret[6:] not in text
+    with urllib.request.urlopen(daemon.metrics_url, timeout=10) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    delivered = [
+        s.value
+        for s in families["lightningd_webhook_deliveries"].samples
+        if s.name.endswith("_total") and s.labels == {"endpoint": "shop", "result": "delivered"}
+    ]
+    assert delivered == [len(ids) + 1]
+    assert "lightningd_webhook_delivery_latency_seconds" in families
+
+
+def test_kill9_with_pending_deliveries_then_restart(
+    ldp_daemon_factory: Callable[..., Any], threaded_receivers: Callable[[], ThreadedReceiver]
+) -> None:
+    receiver = threaded_receivers()
+    receiver.status = 503
+    secret = generate_secret()
+    count = 40
+    plugins = webhooks_table(
+        receiver,
+        secret,
+        ["invoice.created", "payment.confirmed"],
+        retry_schedule=[0] + [0.5] * 29,
+        retry_jitter=0,
+    )
+    daemon = ldp_daemon_factory(plugins=plugins)
+    ctl = daemon.simnet.control
+    hashes = [ctl.add_invoice(value_msat=1000 + i, memo=f"order {i}")["payment_hash"] for i in range(count)]
+    for h in hashes[: count // 2]:
+        ctl.settle_invoice(h)
+    expected = count + count // 2
+    daemon.wait_for(lambda: len({a.headers["webhook-id"] for a in receiver.attempts}) >= expected, 20)
+    ids_before = {a.headers["webhook-id"] for a in receiver.attempts}
+
+    daemon.kill9()
+    receiver.status = 200
+    # Payments arrive while the daemon is down: it catches up from LND when it is back.
+    for h in hashes[count // 2 :]:
+        ctl.settle_invoice(h)
+    daemon.start()
+
+    daemon.wait_for(lambda: len(receiver.received) >= 2 * count, 30)
+    time.sleep(0.5)
+    ids_after = [item.headers["webhook-id"] for item in receiver.received]
+    assert len(ids_after) == len(set(ids_after)) == 2 * count  # each event once
+    assert ids_before <= set(ids_after)  # pending deliveries kept their webhook-id
+    seen = bodies(receiver, secret)
+    assert Counter(b["type"] for b in seen) == {"invoice.created": count, "payment.confirmed": count}
+    assert {b["data"]["payment_hash"] for b in seen if b["type"] == "payment.confirmed"} == set(hashes)
+
+
+@pytest.mark.parametrize("problem", ["url", "secret", "events"])
+def test_bad_endpoint_is_a_config_error_at_start(
+    ldp_daemon_factory: Callable[..., Any], threaded_receivers: Callable[[], ThreadedReceiver], problem: str
+) -> None:
+    receiver = threaded_receivers()
+    table = webhooks_table(receiver, generate_secret(), ["payment.confirmed"])
+    ep = table["webhooks"]["endpoints"][0]
+    leaked = "whsec_c2VjcmV0LXRoYXQtbXVzdC1ub3QtbGVhaw"
+    if problem == "url":
+        ep["url"] = "mailto:shop@example.com"
+    elif problem == "secret":
+        ep["secret"] = leaked + "!"
+    else:
+        ep["events"] = ["payment.recieved"]
+    with pytest.raises(RuntimeError) as info:
+        ldp_daemon_factory(plugins=table, timeout=15)
+    message = str(info.value)
+    assert f"plugins.webhooks.endpoints[0].{problem}: endpoint 'shop'" in message
+    assert leaked[6:] not in message
