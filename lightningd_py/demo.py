@@ -23,11 +23,15 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import tomli_w
 
+from .cli import TOKEN_ROLES, new_token, new_webhook_secret, token_sha256
 from .config import merge_tables
+
+if TYPE_CHECKING:
+    from .simnet.control import SimnetControl
 
 __all__ = [
     "DaemonProcess",
@@ -145,7 +149,7 @@ class SimnetProcess:
         self.log_path = self.directory / "simnet.log"
         self.info: dict[str, Any] = {}
         self.process: subprocess.Popen[bytes] | None = None
-        self._control: Any = None
+        self._control: SimnetControl | None = None
 
     def start(self, timeout: float = 30.0) -> SimnetProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -193,9 +197,11 @@ class SimnetProcess:
         return str(self.info["control"])
 
     @property
-    def control(self) -> Any:
-        """A ``lightningd_py.simnet.control.SimnetControl`` client for this simnet."""
+    def control(self) -> SimnetControl:
+        """A blocking ``SimnetControl`` client for this simnet's control API."""
         if self._control is None:
+            # Imported here: the simnet package pulls in its whole server (slow to import
+            # for every pytest run that loads this module through lightningd_py.testing).
             from .simnet.control import SimnetControl
 
             self._control = SimnetControl(self.control_url)
@@ -238,10 +244,35 @@ class SimnetProcess:
                 proc.wait()
         return proc.returncode
 
-    def restart(self, timeout: float = 30.0) -> SimnetProcess:
-        """Stop and start again on the same directory (and so the same node)."""
+    def restart(
+        self,
+        down_seconds: float = 1.0,
+        *,
+        regenerate_tls: bool = False,
+        locked: bool = False,
+        wait: bool = True,
+    ) -> Any:
+        """Restart the simulated LND the way LND restarts: streams end cleanly, the port is
+        closed for ``down_seconds``, and the node comes back with the same state (LOCKED
+        first when ``locked``). With ``wait`` return once it is back."""
+        return self.control.restart(down_seconds, regenerate_tls=regenerate_tls, locked=locked, wait=wait)
+
+    def restart_process(self, timeout: float = 30.0) -> SimnetProcess:
+        """Stop the process and start a new one on the same directory and ports (TLS
+        certificate and macaroons are kept; the in-memory node state is not)."""
+        ports = [
+            "--grpc-port",
+            self.grpc.rpartition(":")[2],
+            "--control-port",
+            self.control_url.rpartition(":")[2],
+        ]
         self.stop()
-        return self.start(timeout)
+        args = self.args
+        self.args = [*args, *ports]
+        try:
+            return self.start(timeout)
+        finally:
+            self.args = args
 
 
 # ---------------------------------------------------------------- daemon
@@ -492,7 +523,9 @@ def _print_banner(root: Path, simnet: SimnetProcess, daemon: DaemonProcess, star
 
 
 def _activity(simnet: SimnetProcess, daemon: DaemonProcess, stop: threading.Event) -> None:
-    """Create invoices through the API, have simnet pay them, forward now and then."""
+    """Create invoices through the API and have simnet pay them; forward now and then."""
+    from .simnet.control import SimnetControlError
+
     rng = random.Random()
     round_ = 0
     while not stop.wait(rng.uniform(2.0, 4.0)):
@@ -505,16 +538,20 @@ def _activity(simnet: SimnetProcess, daemon: DaemonProcess, stop: threading.Even
                 "POST",
                 {"amount_sat": amount, "memo": f"demo order #{round_}"},
             )
-            simnet.control.pay_invoice(invoice["payment_request"])
+            simnet.control.settle_invoice(invoice["payment_hash"])
             print(
-                f"  invoice   {amount} sat '{invoice['memo']}' paid ({invoice['payment_hash'][:16]}...)",
+                f"  paid      {amount} sat for '{invoice['memo']}' ({invoice['payment_hash'][:12]}...)",
                 flush=True,
             )
             if round_ % 3 == 0:
-                forward = simnet.control.forward(amt_msat=rng.randrange(10_000, 5_000_000))
-                print(f"  forward   {forward}", flush=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            # The demo keeps going (LND-like hiccups are part of the show); say what failed.
+                channels = [c for c in simnet.control.state()["channel_list"] if c["status"] == "open"]
+                incoming, outgoing = rng.sample(channels, 2)
+                amt = rng.randrange(10_000, 2_000_000)
+                fee = 1_000 + amt // 1_000
+                simnet.control.forward(incoming["chan_id"], outgoing["chan_id"], amt, fee_msat=fee)
+                print(f"  forward   {amt} msat, earned {fee} msat in fees", flush=True)
+        except (OSError, ValueError, KeyError, SimnetControlError) as exc:
+            # The demo keeps going; say what failed (e.g. while LND "restarts").
             print(f"  activity  failed: {type(exc).__name__}: {exc}", flush=True)
 
 
@@ -527,8 +564,6 @@ def run_demo(directory: Path | None = None) -> int:
     daemon: DaemonProcess | None = None
     stop = threading.Event()
     worker: threading.Thread | None = None
-    from .cli import TOKEN_ROLES, new_token, new_webhook_secret, token_sha256
-
     try:
         print(f"lightningd-py demo in {root}\n")
         simnet.start()

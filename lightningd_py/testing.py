@@ -77,15 +77,30 @@ class LdpDaemon(DaemonProcess):
         self.simnet = simnet
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "simnet_args(*args): extra command-line arguments for the simnet fixture "
+        '(e.g. "--locked", "--channels", "3")',
+    )
+
+
 @pytest.fixture
-def simnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimnetProcess]:
+def simnet(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SimnetProcess]:
     """A running simnet node in a fresh directory; stopped after the test.
 
     Attributes: ``grpc`` (host:port), ``control`` (a ``SimnetControl`` client),
     ``tls_cert``, ``admin_macaroon``, ``invoice_macaroon``, ``readonly_macaroon``,
-    ``lnddir``, ``info`` (simnet's ready line); ``restart()``, ``stop()``.
+    ``lnddir``, ``info`` (simnet's ready line); ``restart()`` (an LND-like restart,
+    same state), ``restart_process()``, ``stop()``. Mark a test
+    ``@pytest.mark.simnet_args("--locked")`` to pass simnet arguments.
     """
-    node = SimnetProcess(tmp_path_factory.mktemp("simnet"))
+    marker = request.node.get_closest_marker("simnet_args")
+    node = SimnetProcess(
+        tmp_path_factory.mktemp("simnet"), args=[str(a) for a in marker.args] if marker else ()
+    )
     node.start()
     try:
         yield node

@@ -4,6 +4,7 @@ independently of the real daemon."""
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import socket
 import stat
@@ -147,3 +148,52 @@ def test_daemon_config_points_at_simnet_and_merges_tables(tmp_path):
     path = write_config(tmp_path / "c" / "config.toml", data)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert tomllib.loads(path.read_text()) == data
+
+
+# ---------------------------------------------------------------- the fixtures themselves
+
+
+def test_simnet_fixture_serves_and_restarts_like_lnd(simnet):
+    for key in ("tls_cert", "admin_macaroon", "invoice_macaroon", "readonly_macaroon"):
+        assert getattr(simnet, key).is_file()
+    assert simnet.lnddir.is_dir()
+    assert simnet.control.state()["state"] == "SERVER_ACTIVE"
+    invoice = simnet.control.add_invoice(value_msat=5000, memo="kept")
+    simnet.restart(down_seconds=0.1)
+    state = simnet.control.state()
+    assert state["state"] == "SERVER_ACTIVE" and state["invoices"] == 1, invoice
+
+
+def test_simnet_process_restart_keeps_ports_and_credentials(simnet):
+    grpc, control, cert = simnet.grpc, simnet.control_url, simnet.tls_cert.read_bytes()
+    simnet.restart_process()
+    assert (simnet.grpc, simnet.control_url) == (grpc, control)
+    assert simnet.tls_cert.read_bytes() == cert
+    assert simnet.control.state()["state"] == "SERVER_ACTIVE"
+
+
+@pytest.mark.simnet_args("--locked", "--channels", "2")
+def test_simnet_args_marker(simnet):
+    state = simnet.control.state()
+    assert state["state"] == "LOCKED"
+    assert state["channels"]["open"] == 2
+
+
+def test_config_factory_writes_a_config_for_the_simnet(ldp_config_factory, simnet):
+    config = ldp_config_factory(core={"log_level": "debug"}, plugins={"webhooks": {"enabled": False}})
+    data = tomllib.loads(config.path.read_text())
+    assert data == config.data
+    assert data["lnd"] == {
+        "host": simnet.grpc,
+        "tls_cert": str(simnet.tls_cert),
+        "macaroon": str(simnet.admin_macaroon),
+    }
+    assert data["core"]["log_level"] == "debug" and data["plugins"]["webhooks"] == {"enabled": False}
+    assert config.state_dir == config.path.parent / "state"
+    assert config.api_url == "http://" + data["plugins"]["http_api"]["listen"]
+    assert config.metrics_url == "http://" + data["plugins"]["metrics"]["listen"] + "/metrics"
+    hashes = {t["role"]: t["sha256"] for t in data["plugins"]["http_api"]["tokens"]}
+    assert set(config.tokens) == set(hashes) == {"admin", "invoice", "readonly"}
+    for role, token in config.tokens.items():
+        assert hashlib.sha256(token.encode()).hexdigest() == hashes[role]
+    assert stat.S_IMODE(config.path.stat().st_mode) == 0o600
