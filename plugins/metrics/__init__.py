@@ -14,9 +14,10 @@ Every metric and endpoint is described in ``docs/metrics.md``.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lightningd_py.events import ChannelEvent, Event, ForwardEvent, InvoiceEvent, PaymentEvent, RebalanceEvent
 from lightningd_py.hookspecs import hookimpl
@@ -41,6 +42,7 @@ __all__ = [
     "ldp_config_schema",
     "ldp_event",
     "ldp_forward_event",
+    "ldp_health",
     "ldp_invoice_event",
     "ldp_migrations",
     "ldp_payment_event",
@@ -98,6 +100,20 @@ async def ldp_shutdown(daemon: Daemon) -> None:
     runtime = _runtimes.pop(daemon, None)
     if runtime is not None:
         await runtime.server.stop()
+
+
+@hookimpl
+def ldp_health(daemon: Daemon) -> dict[str, Any] | None:
+    runtime = _runtimes.get(daemon)
+    if runtime is None:
+        return None
+    snapshot, stats = runtime.poller.snapshot, runtime.poller.stats
+    return {
+        "ok": True,
+        "listen": runtime.server.listen,
+        "node_snapshot_ok": stats.up,
+        "node_snapshot_age_seconds": round(time.time() - snapshot.taken_at, 3) if snapshot.taken_at else None,
+    }
 
 
 @hookimpl

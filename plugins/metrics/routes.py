@@ -32,7 +32,7 @@ from .queries import (
     decode_cursor,
     encode_cursor,
 )
-from .snapshot import NodeSnapshot, parse_chan_id, short_channel_id
+from .snapshot import ChannelState, NodeSnapshot, parse_chan_id, short_channel_id
 
 if TYPE_CHECKING:
     from lightningd_py.daemon import Daemon
@@ -239,32 +239,13 @@ class _Analytics:
             "FROM metrics_channels WHERE closed IS NULL OR closed >= ?",
             (start,),
         )
-        rows: dict[int, dict[str, Any]] = {}
-        for r in known:
-            rows[r["chan_id"]] = _channel_identity(dict(r))
+        identities: dict[int, dict[str, Any]] = {r["chan_id"]: dict(r) for r in known}
+        live = {ch.chan_id: ch for ch in snap.channels}
         for ch in snap.channels:
-            rows[ch.chan_id] = (
-                rows.get(ch.chan_id, {})
-                | _channel_identity(
-                    {
-                        "chan_id": ch.chan_id,
-                        "channel_point": ch.channel_point,
-                        "peer_pubkey": ch.peer_pubkey,
-                        "peer_alias": ch.peer_alias,
-                        "capacity_sat": ch.capacity_sat,
-                        "opened": rows.get(ch.chan_id, {}).get("opened"),
-                        "closed": None,
-                    }
-                )
-                | {
-                    "open": True,
-                    "active": ch.active,
-                    "local_balance_sat": ch.local_balance_sat,
-                    "remote_balance_sat": ch.remote_balance_sat,
-                    "balance_ratio": round(ch.balance_ratio, 6),
-                    "pending_htlcs": ch.pending_htlcs,
-                }
-            )
+            identities[ch.chan_id] = identities.get(ch.chan_id, {}) | _snapshot_identity(ch)
+        rows = {chan_id: _channel_identity(identity) for chan_id, identity in identities.items()}
+        for chan_id, ch in live.items():
+            rows[chan_id] |= _live_state(ch)
         for chan_id in perf:
             rows.setdefault(chan_id, _channel_identity({"chan_id": chan_id}))
         listing = []
@@ -316,22 +297,12 @@ class _Analytics:
             raise ApiError(
                 404, "unknown_channel", f"no channel {request.path['chan_id']} is known", "path.chan_id"
             )
-        row = _channel_identity(identity or {"chan_id": chan_id})
+        base = identity or {"chan_id": chan_id}
         if current is not None:
-            row |= {
-                "channel_point": current.channel_point,
-                "peer_pubkey": current.peer_pubkey,
-                "peer_alias": current.peer_alias or row["peer_alias"],
-                "capacity_sat": current.capacity_sat,
-                "open": True,
-                "active": current.active,
-                "local_balance_sat": current.local_balance_sat,
-                "remote_balance_sat": current.remote_balance_sat,
-                "balance_ratio": round(current.balance_ratio, 6),
-                "pending_htlcs": current.pending_htlcs,
-            }
-        else:
-            row |= {"open": False, "active": False}
+            base = base | _snapshot_identity(current)
+        row = _channel_identity(base) | (
+            _live_state(current) if current is not None else {"open": False, "active": False}
+        )
         return row | {
             "window": _window_dict(start, end),
             "performance": _performance_dict(perf),
@@ -575,6 +546,29 @@ def _channel_identity(row: dict[str, Any]) -> dict[str, Any]:
         "capacity_sat": row.get("capacity_sat") or 0,
         "opened": _iso(row["opened"]) if row.get("opened") else None,
         "closed": _iso(row["closed"]) if row.get("closed") else None,
+    }
+
+
+def _snapshot_identity(ch: ChannelState) -> dict[str, Any]:
+    """Identity fields of an open channel as the snapshot knows them (raw, as stored);
+    an alias the snapshot lacks does not hide one recorded earlier."""
+    fields = {
+        "chan_id": ch.chan_id,
+        "channel_point": ch.channel_point,
+        "peer_pubkey": ch.peer_pubkey,
+        "capacity_sat": ch.capacity_sat,
+    }
+    return fields | {"peer_alias": ch.peer_alias} if ch.peer_alias else fields
+
+
+def _live_state(ch: ChannelState) -> dict[str, Any]:
+    return {
+        "open": True,
+        "active": ch.active,
+        "local_balance_sat": ch.local_balance_sat,
+        "remote_balance_sat": ch.remote_balance_sat,
+        "balance_ratio": round(ch.balance_ratio, 6),
+        "pending_htlcs": ch.pending_htlcs,
     }
 
 
