@@ -112,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="simnet + daemon + live activity, on this machine")
     demo.add_argument("--dir", type=Path, help="keep the demo's files here (default: a new temporary dir)")
+    demo.add_argument(
+        "--interval", type=float, default=3.0, help="mean seconds between payments (default: 3)"
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -188,7 +191,7 @@ def _cmd_plugins(ns: argparse.Namespace) -> int:
 def _cmd_demo(ns: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(ns.dir)
+    return run_demo(ns.dir, ns.interval)
 
 
 # ---------------------------------------------------------------- init

@@ -522,13 +522,13 @@ def _print_banner(root: Path, simnet: SimnetProcess, daemon: DaemonProcess, star
     )
 
 
-def _activity(simnet: SimnetProcess, daemon: DaemonProcess, stop: threading.Event) -> None:
+def _activity(simnet: SimnetProcess, daemon: DaemonProcess, stop: threading.Event, interval: float) -> None:
     """Create invoices through the API and have simnet pay them; forward now and then."""
     from .simnet.control import SimnetControlError
 
     rng = random.Random()
     round_ = 0
-    while not stop.wait(rng.uniform(2.0, 4.0)):
+    while not stop.wait(rng.uniform(0.5 * interval, 1.5 * interval)):
         round_ += 1
         amount = rng.choice((1_000, 2_100, 5_000, 12_345, 50_000))
         try:
@@ -555,8 +555,12 @@ def _activity(simnet: SimnetProcess, daemon: DaemonProcess, stop: threading.Even
             print(f"  activity  failed: {type(exc).__name__}: {exc}", flush=True)
 
 
-def run_demo(directory: Path | None = None) -> int:
-    """Run the demo until Ctrl-C or SIGTERM; everything it started is stopped."""
+def run_demo(directory: Path | None = None, interval: float = 3.0) -> int:
+    """Run the demo until Ctrl-C or SIGTERM; everything it started is stopped.
+
+    :param directory: where its files go (default: a new temporary directory).
+    :param interval: mean seconds between payments.
+    """
     root = Path(directory).absolute() if directory else Path(tempfile.mkdtemp(prefix="lightningd-py-demo-"))
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
     simnet = SimnetProcess(root / "simnet")
@@ -600,7 +604,7 @@ def run_demo(directory: Path | None = None) -> int:
         daemon.start()
         _print_banner(root, simnet, daemon, started)
         worker = threading.Thread(
-            target=_activity, args=(simnet, daemon, stop), name="demo-activity", daemon=True
+            target=_activity, args=(simnet, daemon, stop, interval), name="demo-activity", daemon=True
         )
         worker.start()
         while daemon.returncode is None:

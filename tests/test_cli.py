@@ -8,9 +8,11 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import tomllib
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 
 from lightningd_py import __version__
 from lightningd_py.cli import bakemacaroon_command, lnd_permissions, main, new_webhook_secret
+from lightningd_py.demo import wait_for
 
 ALL_PERMISSIONS = (
     "info:read invoices:read invoices:write offchain:read offchain:write "
@@ -268,3 +271,41 @@ def test_run_refuses_a_bad_config_with_exit_2(ldp_config_factory, ldp_daemon_fac
     with pytest.raises(RuntimeError, match="exited with 2 before READY=1") as info:
         ldp_daemon_factory(config)
     assert "lnd.keepalive_interval: must be >= 10" in str(info.value)
+
+
+# ---------------------------------------------------------------- demo
+
+
+def test_demo_shows_live_activity_and_stops_cleanly_on_sigterm(tmp_path):
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "lightningd_py.cli", "demo", "--dir", str(tmp_path), "--interval", "0.3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(demo.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        wait_for(
+            lambda: (
+                sum("  paid " in line for line in lines) >= 2 and any("webhook " in line for line in lines)
+            ),
+            timeout=60,
+        )
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(30)
+        reader.join(5)
+    output = "".join(lines)
+    assert demo.returncode == 0, output
+    assert "Authorization: Bearer" in output and "/metrics" in output
+    assert "activity  failed" not in output
+    assert output.rstrip().endswith(f"demo stopped; its files are in {tmp_path}")
+    # Everything it started is gone: simnet's and the daemon's ports are closed.
+    config = tomllib.loads((tmp_path / "config.toml").read_text())
+    for address in (config["lnd"]["host"], config["plugins"]["http_api"]["listen"]):
+        host, _, port = address.rpartition(":")
+        with socket.socket() as sock:
+            assert sock.connect_ex((host, int(port))) != 0, f"{address} still open"
