@@ -1,20 +1,21 @@
 """Webhook delivery benchmark: deliveries per second to a local receiver, and
 settle-to-delivery latency.
 
-Runs the real daemon (``Supervisor``, every plugin it loads, the webhooks plugin with
-one endpoint) in this process, and an HTTP receiver in a child process that answers
-204 and records when each delivery arrived. Settlements enter the daemon where the LND
-invoice stream reader puts them, the journal, stamped with the time they were observed;
-from there they take the daemon's whole path: the plugin's journal worker, the outbox
-commit, a signed POST over a keep-alive connection, and the outcome's commit.
+Starts simnet and ``lightningd-py run`` (every built-in plugin on; the webhooks plugin
+with one endpoint subscribed to ``payment.confirmed``) and an HTTP receiver in a child
+process that answers 204 and records when each delivery arrived. Payments are made on
+simnet, so each one takes the daemon's whole path: LND's invoice stream, the journal,
+the webhooks plugin's outbox commit, a signed POST over a keep-alive connection, and the
+outcome's commit.
 
-* throughput: a burst of settlements, journaled in batches as fast as the reader would
-  journal a replay; deliveries/s from the first append to the last arrival;
-* latency: settlements at a steady rate; for each, arrival time minus observation time.
+* throughput: simnet settles a burst of invoices at once (``burst_settle``);
+  deliveries/s from the request for the burst to the last arrival;
+* latency: invoices settled one at a time at a steady rate; for each, the arrival
+  time minus the time the settle request was sent to simnet.
 
 Goals (DESIGN.md): >= 1,000 deliveries/s, settle-to-delivery p50 < 10 ms.
 
-    python bench/webhooks.py [--burst 5000] [--rate 200] [--steady 2000] [--concurrency 16]
+    python bench/webhooks.py [--burst 5000] [--rate 100] [--steady 1000] [--concurrency 16]
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import anyio
-import tomli_w
+import aiohttp
+
+from lightningd_py.demo import DaemonProcess, SimnetProcess, daemon_config, free_port, write_config
+from lightningd_py.simnet.control import AsyncSimnetControl
 
 __all__ = ["main"]
 
@@ -52,12 +54,12 @@ def run_receiver(port: int) -> None:
         return web.Response(status=204)
 
     async def stats(request: web.Request) -> web.Response:
-        # Parsing happens here, after the run, so the receiver stays cheap while measured.
+        # Parsing happens here, between phases, so the receiver stays cheap while measured.
         out = []
         for at, body in arrivals:
             doc = json.loads(body)
             observed = datetime.fromisoformat(doc["timestamp"]).timestamp()
-            out.append([at, observed, doc["data"]["payment_hash"]])
+            out.append([at, doc["data"]["payment_hash"], observed])
         arrivals.clear()
         return web.json_response(out)
 
@@ -68,38 +70,7 @@ def run_receiver(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-# ---------------------------------------------------------------- the daemon in this process
-
-
-def write_config(root: Path, receiver_url: str, concurrency: int) -> Path:
-    from lightningd_py.plugins.webhooks.signing import generate_secret
-
-    cert = root / "tls.cert"
-    cert.write_text("LND is not used by this benchmark\n")
-    doc: dict[str, Any] = {
-        "core": {"state_dir": str(root / "state"), "log_level": "error", "log_format": "json"},
-        # Nothing listens there: the daemon keeps reconnecting in the background, as it
-        # does while LND is down; settlements are journaled by the benchmark instead.
-        "lnd": {"host": "127.0.0.1:9", "tls_cert": str(cert), "macaroon": "00" * 32, "reconnect_max": 60},
-        "plugins": {
-            "http_api": {"enabled": False},
-            "metrics": {"enabled": False},
-            "webhooks": {
-                "endpoints": [
-                    {
-                        "name": "bench",
-                        "url": receiver_url,
-                        "secret": generate_secret(),
-                        "events": ["payment.confirmed"],
-                        "concurrency": concurrency,
-                    }
-                ]
-            },
-        },
-    }
-    path = root / "config.toml"
-    path.write_text(tomli_w.dumps(doc))
-    return path
+# ---------------------------------------------------------------- the measurement
 
 
 def pct(values: list[float], p: float) -> float:
@@ -107,114 +78,159 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else float("nan")
 
 
-async def fetch_stats(url: str) -> list[list[Any]]:
-    import aiohttp
+async def arrivals(
+    session: aiohttp.ClientSession, url: str, count: int, within: float
+) -> dict[str, tuple[float, float]]:
+    """Payment hash -> (arrival time, time the daemon observed the settlement), once
+    ``count`` deliveries arrived (or time is up)."""
+    got: dict[str, tuple[float, float]] = {}
+    deadline = time.monotonic() + within
+    while len(got) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        async with session.get(url) as response:
+            for at, payment_hash, observed in await response.json():
+                got.setdefault(payment_hash, (at, observed))
+    return got
 
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        return await response.json()
+
+async def idle(session: aiohttp.ClientSession, metrics_url: str) -> None:
+    """Wait until every plugin has handled every journaled event, so that one phase's
+    backlog in other plugins does not weigh on the next phase."""
+    while True:
+        async with session.get(metrics_url) as response:
+            text = await response.text()
+        lags = [line for line in text.splitlines() if line.startswith("lightningd_plugin_cursor_lag_events{")]
+        if lags and all(line.rsplit(" ", 1)[1] in ("0", "0.0") for line in lags):
+            return
+        await asyncio.sleep(0.2)
 
 
-async def bench(args: argparse.Namespace, root: Path, port: int) -> None:
-    from lightningd_py.events import InvoiceSettled
-    from lightningd_py.logs import configure_logging
-    from lightningd_py.supervisor import Supervisor, load
+async def run_bench(control_url: str, receiver: str, metrics_url: str, args: argparse.Namespace) -> list[str]:
+    lines = []
+    async with AsyncSimnetControl(control_url) as ctl, aiohttp.ClientSession() as session:
+        stats = receiver + "/stats"
+        # Warm-up: the daemon's connections to LND and to the receiver.
+        await ctl.burst_settle(200, memo="warm-up")
+        await arrivals(session, stats, 200, 30)
+        await idle(session, metrics_url)
 
-    receiver = f"http://127.0.0.1:{port}"
-    pm, config = load(write_config(root, receiver + "/hook", args.concurrency))
-    configure_logging(config.core.log_format, config.core.log_level)
-    supervisor = Supervisor(config, pm)
-
-    def settlement(i: int, tag: str) -> InvoiceSettled:
-        return InvoiceSettled(
-            payment_hash=f"{tag}{i:060x}", value_msat=1000, amt_paid_msat=1000, settle_index=i
-        )
-
-    async def wait_arrivals(count: int, within: float) -> list[list[Any]]:
-        got: list[list[Any]] = []
-        deadline = time.monotonic() + within
-        while len(got) < count and time.monotonic() < deadline:
-            await anyio.sleep(0.05)
-            got += await fetch_stats(receiver + "/stats")
-        return got
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(supervisor.run)
-        # The supervisor marks readiness with a timestamp, not an event.
-        while supervisor.ready_at is None:  # noqa: ASYNC110
-            await anyio.sleep(0.01)
-        journal = supervisor.journal
-        assert journal is not None
-
-        # Warm-up: connections, caches.
-        await journal.append([settlement(i, "ffff") for i in range(200)])
-        await wait_arrivals(200, 30)
-
-        # Throughput: a burst, journaled in batches of 500 (a replay after downtime).
         started = time.time()
-        for offset in range(0, args.burst, 500):
-            await journal.append(
-                [settlement(i, "aaaa") for i in range(offset, min(args.burst, offset + 500))]
-            )
-        got = await wait_arrivals(args.burst, 120)
-        last = max(at for at, _, _ in got) if got else float("nan")
-        rate = len(got) / (last - started) if got else 0.0
-        print(
-            f"throughput: {len(got):,} deliveries in {last - started:.2f} s = {rate:,.0f} deliveries/s "
-            f"(burst of {args.burst:,}, concurrency {args.concurrency})"
+        answer = await ctl.burst_settle(args.burst, memo="burst")
+        got = await arrivals(session, stats, args.burst, 120)
+        last = max((at for at, _ in got.values()), default=float("nan"))
+        observed = max((seen for _, seen in got.values()), default=float("nan"))
+        lines.append(
+            f"throughput: {len(got):,} deliveries in {last - started:.2f} s = "
+            f"{len(got) / (last - started):,.0f} deliveries/s (burst of {args.burst:,} settled by simnet "
+            f"at {answer['settle_rate']:,}/s; endpoint concurrency {args.concurrency})"
         )
+        lines.append(
+            f"  the daemon's stream reader observed the last settlement after {observed - started:.2f} s "
+            f"({len(got) / (observed - started):,.0f}/s); the last delivery came "
+            f"{1000 * (last - observed):.0f} ms later"
+        )
+        await idle(session, metrics_url)
 
-        # Latency: a steady stream of settlements, one at a time as the live stream delivers them.
+        hashes = [
+            (await ctl.add_invoice(value_msat=1000, memo=f"steady {i}"))["payment_hash"]
+            for i in range(args.steady)
+        ]
+        sent: dict[str, float] = {}
         interval = 1.0 / args.rate
         next_at = time.monotonic()
-        for i in range(args.steady):
-            await journal.append([settlement(i, "bbbb")])
+        for payment_hash in hashes:
+            sent[payment_hash] = time.time()
+            await ctl.settle_invoice(payment_hash)
             next_at += interval
-            await anyio.sleep(max(0.0, next_at - time.monotonic()))
-        got = await wait_arrivals(args.steady, 60)
-        latencies = [(at - observed) * 1000 for at, observed, _ in got]
-        print(
-            f"settle-to-delivery at {args.rate}/s: p50 {pct(latencies, 0.50):.2f} ms   "
-            f"p99 {pct(latencies, 0.99):.2f} ms   max {max(latencies, default=float('nan')):.2f} ms   "
-            f"n={len(latencies):,}"
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        got = await arrivals(session, stats, args.steady, 60)
+        total = [(got[h][0] - sent[h]) * 1000 for h in hashes if h in got]
+        # Where the time goes: from the settle to the daemon's stream reader observing it
+        # (simnet's control call and LND's invoice stream), and from there to the receiver.
+        to_reader = [(got[h][1] - sent[h]) * 1000 for h in hashes if h in got]
+        in_daemon = [(got[h][0] - got[h][1]) * 1000 for h in hashes if h in got]
+        lines.append(
+            f"settle-to-delivery at {args.rate:g} settlements/s: p50 {pct(total, 0.50):.2f} ms   "
+            f"p99 {pct(total, 0.99):.2f} ms   max {max(total, default=float('nan')):.2f} ms   "
+            f"n={len(total):,} of {args.steady:,}"
         )
-        tg.cancel_scope.cancel()
+        lines.append(
+            f"  of which settle -> observed by the daemon: p50 {pct(to_reader, 0.5):.2f} ms p99 "
+            f"{pct(to_reader, 0.99):.2f} ms; observed -> delivered: p50 {pct(in_daemon, 0.5):.2f} ms p99 "
+            f"{pct(in_daemon, 0.99):.2f} ms"
+        )
+    return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> int:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     parser.add_argument("--burst", type=int, default=5000, help="settlements in the throughput burst")
-    parser.add_argument("--rate", type=float, default=200, help="settlements per second in the latency run")
-    parser.add_argument("--steady", type=int, default=2000, help="settlements in the latency run")
+    parser.add_argument("--rate", type=float, default=100, help="settlements per second in the latency run")
+    parser.add_argument("--steady", type=int, default=1000, help="settlements in the latency run")
     parser.add_argument("--concurrency", type=int, default=16, help="the endpoint's concurrency")
     parser.add_argument("--receiver", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.receiver:
         run_receiver(args.receiver)
-        return
+        return 0
 
-    from lightningd_py.demo import free_port
+    from lightningd_py.plugins.webhooks.signing import generate_secret
 
     port = free_port()
-    child = subprocess.Popen(
+    receiver = subprocess.Popen(
         [sys.executable, __file__, "--receiver", str(port)], stdout=subprocess.PIPE, text=True
     )
-    try:
-        assert child.stdout is not None
-        if child.stdout.readline().strip() != "ready":
-            raise SystemExit("the receiver did not start")
-        time.sleep(0.2)
-        print(
-            f"webhooks bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]} "
-            f"(daemon and receiver share them); started {datetime.now().isoformat(timespec='seconds')}"
-        )
-        with tempfile.TemporaryDirectory(prefix="ldp-bench-webhooks-") as tmp:
-            asyncio.run(bench(args, Path(tmp), port))
-    finally:
-        child.terminate()
-        child.wait()
+    with tempfile.TemporaryDirectory(prefix="ldp-bench-webhooks-") as tmp:
+        root = Path(tmp)
+        simnet = SimnetProcess(root / "simnet").start()
+        daemon: DaemonProcess | None = None
+        try:
+            assert receiver.stdout is not None
+            if receiver.stdout.readline().strip() != "ready":
+                raise SystemExit("the receiver did not start")
+            endpoint = {
+                "name": "bench",
+                "url": f"http://127.0.0.1:{port}/hook",
+                "secret": generate_secret(),
+                "events": ["payment.confirmed"],
+                "concurrency": args.concurrency,
+            }
+            metrics = f"127.0.0.1:{free_port()}"
+            metrics_url = f"http://{metrics}/metrics"
+            data = daemon_config(
+                simnet,
+                root / "state",
+                api_listen=f"127.0.0.1:{free_port()}",
+                metrics_listen=metrics,
+                token_hashes={},
+                core={"log_level": "warning"},
+                plugins={"webhooks": {"endpoints": [endpoint]}},
+            )
+            path = write_config(root / "config.toml", data)
+            # LDP_BENCH_LAUNCHER, e.g. "python -m cProfile -o /tmp/daemon.prof -m lightningd_py.cli",
+            # runs the daemon under a profiler.
+            launcher = os.environ.get("LDP_BENCH_LAUNCHER", "").split() or None
+            daemon = DaemonProcess(
+                path, log_path=root / "daemon.log", state_dir=root / "state", launcher=launcher
+            )
+            daemon.start(timeout=30)
+            print(
+                f"lightningd-py webhooks bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]} "
+                "(daemon, simnet, receiver and this driver share the machine)"
+            )
+            lines = asyncio.run(run_bench(simnet.control_url, f"http://127.0.0.1:{port}", metrics_url, args))
+            for line in lines:
+                print(line, flush=True)
+            print("goals: >= 1,000 deliveries/s; settle-to-delivery p50 < 10 ms")
+        finally:
+            if daemon is not None:
+                daemon.close()
+            simnet.stop()
+            receiver.terminate()
+            receiver.wait()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -42,6 +42,7 @@ __all__ = ["EndpointWorker", "parse_retry_after", "retry_delay"]
 # Receivers answer with a short acknowledgement; anything longer is not read.
 _MAX_RESPONSE_READ = 64 * 1024
 _HEALTH_WINDOW = 100
+_OUTCOMES = ("success", "http_error", "timeout", "connection_error")
 
 _SELECT_PENDING = (
     "SELECT msg_id, endpoint, event_type, event_time, body, attempts, next_attempt_at "
@@ -116,8 +117,8 @@ class EndpointWorker:
         self.settings = settings
         self.plugin = plugin
         self.filter = EventFilter(settings.events)
+        self._keys = settings.keys
         self._store = store
-        self._metrics = metrics
         self._log = log
         self._send, self._recv = anyio.create_memory_object_stream[Delivery](plugin.memory_queue)
         self._waiting: list[tuple[float, int, Delivery]] = []
@@ -129,6 +130,12 @@ class EndpointWorker:
         self.depth = 0
         self.in_flight = 0
         self._results: deque[bool] = deque(maxlen=_HEALTH_WINDOW)
+        # Labelled children resolved once: labels() costs more than the increment itself.
+        name = settings.name
+        self._attempts = {o: metrics.attempts.labels(name, o) for o in _OUTCOMES}
+        self._delivered = metrics.deliveries.labels(name, "delivered")
+        self._failed = metrics.deliveries.labels(name, "failed")
+        self._latency = metrics.latency.labels(name)
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.last_success_at: float | None = None
@@ -277,7 +284,7 @@ class EndpointWorker:
         """POST the delivery once and record the outcome (durably, then in memory)."""
         settings = self.settings
         started = time.time()
-        headers = sign_headers(delivery.msg_id, int(started), delivery.body, settings.keys)
+        headers = sign_headers(delivery.msg_id, int(started), delivery.body, self._keys)
         status: int | None = None
         retry_after: str | None = None
         error: str | None = None
@@ -304,7 +311,7 @@ class EndpointWorker:
             outcome = "http_error"
             error = f"HTTP {status}" + (" (3xx redirects are not followed)" if 300 <= status < 400 else "")
         delivery.last_error = error
-        self._metrics.attempts.labels(self.name, outcome).inc()
+        self._attempts[outcome].inc()
         self._results.append(error is None)
         if error is None:
             await self._store.execute(
@@ -312,8 +319,8 @@ class EndpointWorker:
             )
             self.last_success_at = now
             self.consecutive_failures = 0
-            self._metrics.deliveries.labels(self.name, "delivered").inc()
-            self._metrics.latency.labels(self.name).observe(max(0.0, now - delivery.event_time))
+            self._delivered.inc()
+            self._latency.observe(max(0.0, now - delivery.event_time))
             self._finish(delivery)
         else:
             self.last_error, self.last_error_at = error, now
@@ -331,7 +338,7 @@ class EndpointWorker:
             await self._store.execute(
                 _UPDATE_FAILED, (delivery.attempts, now, status, delivery.last_error, delivery.msg_id)
             )
-            self._metrics.deliveries.labels(self.name, "failed").inc()
+            self._failed.inc()
             self._log.warning(
                 "webhook delivery failed for good",
                 endpoint=self.name,
@@ -378,6 +385,7 @@ class EndpointWorker:
         self.settings = settings
         self.plugin = plugin
         self.filter = EventFilter(settings.events)
+        self._keys = settings.keys
 
 
 def depths(workers: Mapping[str, EndpointWorker]) -> dict[str, int]:
