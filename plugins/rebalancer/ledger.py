@@ -80,7 +80,7 @@ CREATE TABLE rebalancer_marks (
     value REAL NOT NULL
 );
 CREATE TABLE rebalancer_inactive (
-    chan_id INTEGER PRIMARY KEY,
+    channel_point TEXT PRIMARY KEY,
     since REAL NOT NULL
 );
 CREATE TABLE rebalancer_fee_changes (
@@ -290,8 +290,8 @@ class Ledger:
         failure_reason: str,
     ) -> None:
         await self.store.execute(
-            "UPDATE rebalancer_runs SET finished = ?, status = ?, moved_msat = ?, fee_msat = ?, attempts = ?, "
-            "failure_reason = ? WHERE rebalance_id = ?",
+            "UPDATE rebalancer_runs SET finished = ?, status = ?, moved_msat = ?, fee_msat = ?, "
+            "attempts = ?, failure_reason = ? WHERE rebalance_id = ?",
             (time.time(), status, moved_msat, fee_msat, attempts, failure_reason, rebalance_id),
         )
         await self.store.flush()
@@ -307,12 +307,13 @@ class Ledger:
                 (time.time(),),
             )
             conn.execute(
-                "UPDATE rebalancer_attempts SET status = 'unknown' WHERE status = 'reserved' AND payment_hash != ''"
+                "UPDATE rebalancer_attempts SET status = 'unknown' "
+                "WHERE status = 'reserved' AND payment_hash != ''"
             )
             # Never sent (no invoice yet): nothing can be paid, release.
             conn.execute(
-                "UPDATE rebalancer_attempts SET status = 'failed', fee_msat = 0, failure_reason = 'interrupted' "
-                "WHERE status = 'reserved' AND payment_hash = ''"
+                "UPDATE rebalancer_attempts SET status = 'failed', fee_msat = 0, "
+                "failure_reason = 'interrupted' WHERE status = 'reserved' AND payment_hash = ''"
             )
             return cur.rowcount
 
@@ -398,7 +399,8 @@ class Ledger:
 
     async def volumes(self, since: float) -> dict[int, int]:
         rows = await self.store.fetchall(
-            "SELECT chan_id, SUM(in_msat + out_msat) FROM rebalancer_forwards WHERE day >= ? GROUP BY chan_id",
+            "SELECT chan_id, SUM(in_msat + out_msat) FROM rebalancer_forwards "
+            "WHERE day >= ? GROUP BY chan_id",
             (int(since // DAY),),
         )
         return {int(r[0]): int(r[1]) for r in rows}
@@ -407,25 +409,28 @@ class Ledger:
         rows = await self.store.fetchall("SELECT chan_id, MAX(day) FROM rebalancer_forwards GROUP BY chan_id")
         return {int(r[0]): int(r[1]) for r in rows}
 
-    async def set_inactive(self, chan_id: int, since: float | None) -> None:
+    async def set_inactive(self, channel_point: str, since: float | None) -> None:
+        """Remember when a channel went inactive (None: it is active again or closed)."""
         if since is None:
-            await self.store.execute("DELETE FROM rebalancer_inactive WHERE chan_id = ?", (chan_id,))
+            await self.store.execute("DELETE FROM rebalancer_inactive WHERE channel_point = ?", (channel_point,))
         else:
             await self.store.execute(
-                "INSERT INTO rebalancer_inactive (chan_id, since) VALUES (?, ?) ON CONFLICT (chan_id) DO NOTHING",
-                (chan_id, since),
+                "INSERT INTO rebalancer_inactive (channel_point, since) VALUES (?, ?) "
+                "ON CONFLICT (channel_point) DO NOTHING",
+                (channel_point, since),
             )
 
-    async def inactive_since(self) -> dict[int, float]:
-        rows = await self.store.fetchall("SELECT chan_id, since FROM rebalancer_inactive")
-        return {int(r[0]): float(r[1]) for r in rows}
+    async def inactive_since(self) -> dict[str, float]:
+        rows = await self.store.fetchall("SELECT channel_point, since FROM rebalancer_inactive")
+        return {str(r[0]): float(r[1]) for r in rows}
 
     # ------------------------------------------------------------ fee policy, lifecycle, backups
 
     async def record_fee_change(self, row: Mapping[str, Any]) -> None:
         await self.store.execute(
-            "INSERT INTO rebalancer_fee_changes (created, chan_id, channel_point, ratio, old_ppm, new_ppm, "
-            "base_fee_msat, time_lock_delta, applied, dry_run, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO rebalancer_fee_changes (created, chan_id, channel_point, ratio, old_ppm, "
+            "new_ppm, base_fee_msat, time_lock_delta, applied, dry_run, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 time.time(),
                 row["chan_id"],

@@ -124,7 +124,7 @@ async def lifecycle_recommendations(
     last_day = await ledger.last_forward_days()
     out: list[LifecycleAction] = []
     for c in channels:
-        since = inactive.get(c.chan_id)
+        since = inactive.get(c.channel_point)
         if not c.active and since is not None and now - since >= lc.inactive_days * DAY:
             days = (now - since) / DAY
             out.append(

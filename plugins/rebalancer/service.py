@@ -235,12 +235,11 @@ class RebalancerService:
         )
 
     async def on_channel(self, event: ChannelEvent) -> None:
-        if not event.chan_id:
-            return
+        # LND's (in)active updates carry only the channel point.
         if event.type == "channel.inactive":
-            await self.ledger.set_inactive(event.chan_id, event.time)
+            await self.ledger.set_inactive(event.channel_point, event.time)
         elif event.type in ("channel.active", "channel.closed"):
-            await self.ledger.set_inactive(event.chan_id, None)
+            await self.ledger.set_inactive(event.channel_point, None)
 
     async def on_payment(self, event: PaymentEvent) -> None:
         changed = await self.ledger.settle_by_hash(

@@ -66,9 +66,7 @@ class Api:
 
 def channels(simnet: SimnetProcess) -> dict[int, dict[str, Any]]:
     """simnet's open channels by id, from its control API."""
-    return {
-        int(c["chan_id"]): c for c in simnet.control.state()["channel_list"] if c["status"] == "open"
-    }
+    return {int(c["chan_id"]): c for c in simnet.control.state()["channel_list"] if c["status"] == "open"}
 
 
 def set_ratios(simnet: SimnetProcess, ratios: dict[int, float]) -> None:

@@ -63,8 +63,12 @@ async def test_concurrent_reservations_never_exceed_the_budget(tmp_path: Path) -
 async def test_unknown_outcomes_stay_reserved_until_their_payment_event(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     async with opened(path) as ledger:
-        sent = await ledger.reserve(rebalance_id="a", attempt=1, amount_msat=1, max_fee_msat=500, budget_msat=10_000)
-        never = await ledger.reserve(rebalance_id="b", attempt=1, amount_msat=1, max_fee_msat=700, budget_msat=10_000)
+        sent = await ledger.reserve(
+            rebalance_id="a", attempt=1, amount_msat=1, max_fee_msat=500, budget_msat=10_000
+        )
+        never = await ledger.reserve(
+            rebalance_id="b", attempt=1, amount_msat=1, max_fee_msat=700, budget_msat=10_000
+        )
         assert sent is not None and never is not None
         await ledger.set_attempt_hash(sent[0], "ab" * 32)
         await ledger.start_run(
@@ -91,7 +95,9 @@ async def test_unknown_outcomes_stay_reserved_until_their_payment_event(tmp_path
 async def test_budget_window_is_rolling(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     async with opened(path) as ledger:
-        got = await ledger.reserve(rebalance_id="old", attempt=1, amount_msat=1, max_fee_msat=900, budget_msat=1000)
+        got = await ledger.reserve(
+            rebalance_id="old", attempt=1, amount_msat=1, max_fee_msat=900, budget_msat=1000
+        )
         assert got is not None
         await ledger.finish_attempt(got[0], status="succeeded", fee_msat=900)
         assert (await ledger.budget(1000)).remaining_msat == 100
@@ -108,4 +114,3 @@ async def test_forwards_are_counted_once(tmp_path: Path) -> None:
             await ledger.add_forward(event_id, 1, 2, 1_001_000, 1_000_000, now)
         volumes = await ledger.volumes(now - DAY)
         assert volumes == {1: 2_002_000, 2: 2_000_000}
-

@@ -11,7 +11,9 @@ from lightningd_py.lnd.types import Channel
 PEERS = [f"02{i:064x}" for i in range(1, 20)]
 
 
-def chan(i: int, local: int, capacity: int = 1_000_000, active: bool = True, peer: int | None = None) -> Channel:
+def chan(
+    i: int, local: int, capacity: int = 1_000_000, active: bool = True, peer: int | None = None
+) -> Channel:
     return Channel(
         chan_id=i,
         channel_point=f"{i:064x}:0",

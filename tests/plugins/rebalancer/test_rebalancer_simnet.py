@@ -67,7 +67,7 @@ def test_depleted_channel_is_brought_to_target_within_the_fee_limit(simnet, star
 
 
 def test_no_route_within_the_fee_limit_pays_nothing_and_reports_failure(simnet, start_rebalancer) -> None:
-    daemon, api = start_rebalancer(economic_check=False, max_fee_ppm=1, max_attempts=3)
+    _daemon, api = start_rebalancer(economic_check=False, max_fee_ppm=1, max_attempts=3)
     depleted, surplus, _ = _pair(simnet)
     before = channels(simnet)
 
@@ -95,7 +95,7 @@ def test_no_route_within_the_fee_limit_pays_nothing_and_reports_failure(simnet, 
 
 
 def test_uneconomic_rebalance_is_skipped_unless_told(simnet, start_rebalancer) -> None:
-    daemon, api = start_rebalancer(
+    _daemon, api = start_rebalancer(
         max_fee_ppm=1000, fee_policy={"min_ppm": 0, "max_ppm": 0, "base_fee_msat": 0, "min_change_ppm": 0}
     )
     depleted, surplus, _ = _pair(simnet)
@@ -143,7 +143,8 @@ def test_scheduler_and_concurrent_runs_never_exceed_the_budget(simnet, start_reb
     for t in threads:
         t.join()
     wait_for(
-        lambda: api.ok("GET", "/v1/rebalance/scheduler", role="readonly")["last_round"] is not None, timeout=20
+        lambda: api.ok("GET", "/v1/rebalance/scheduler", role="readonly")["last_round"] is not None,
+        timeout=20,
     )
     wait_for(lambda: api.ok("GET", "/v1/rebalance/budget", role="readonly")["reserved_msat"] == 0, timeout=30)
     assert api.ok("POST", "/v1/rebalance/scheduler/stop")["running"] is False
@@ -163,7 +164,7 @@ def test_scheduler_and_concurrent_runs_never_exceed_the_budget(simnet, start_reb
 
 
 def test_dry_run_changes_nothing(simnet, start_rebalancer) -> None:
-    daemon, api = start_rebalancer(dry_run=True, economic_check=False, max_fee_ppm=1000)
+    _daemon, api = start_rebalancer(dry_run=True, economic_check=False, max_fee_ppm=1000)
     _pair(simnet)
     before = simnet.control.state()
     round_ = api.ok("POST", "/v1/rebalance/auto")
@@ -185,7 +186,9 @@ def test_config_overrides_round_trip(simnet, start_rebalancer) -> None:
     assert api.ok("GET", "/v1/rebalance/config", role="readonly")["max_fee_ppm"] == 100
 
     changed = api.ok(
-        "PUT", "/v1/rebalance/config", {"max_fee_ppm": 250, "fee_policy": {"max_ppm": 700}, "exclude_channels": [5]}
+        "PUT",
+        "/v1/rebalance/config",
+        {"max_fee_ppm": 250, "fee_policy": {"max_ppm": 700}, "exclude_channels": [5]},
     )
     assert changed["max_fee_ppm"] == 250 and changed["fee_policy"]["max_ppm"] == 700
     assert changed["fee_policy"]["min_ppm"] == 1  # untouched keys keep their values
@@ -206,11 +209,15 @@ def test_config_overrides_round_trip(simnet, start_rebalancer) -> None:
     daemon.restart()
     wait_for(lambda: api.call("GET", "/v1/rebalance/config", role="readonly")[0] == 200, timeout=20)
     after = api.ok("GET", "/v1/rebalance/config", role="readonly")
-    assert after["max_fee_ppm"] == 250 and after["fee_policy"]["max_ppm"] == 700 and after["exclude_channels"] == [5]
+    assert (
+        after["max_fee_ppm"] == 250
+        and after["fee_policy"]["max_ppm"] == 700
+        and after["exclude_channels"] == [5]
+    )
 
 
 def test_fee_policy_is_applied_and_recorded(simnet, start_rebalancer) -> None:
-    daemon, api = start_rebalancer(fee_policy={"min_ppm": 10, "max_ppm": 1010, "min_change_ppm": 1})
+    _daemon, api = start_rebalancer(fee_policy={"min_ppm": 10, "max_ppm": 1010, "min_change_ppm": 1})
     ids = sorted(channels(simnet))
     set_ratios(simnet, {ids[0]: 0.1, ids[1]: 0.9, **dict.fromkeys(ids[2:], 0.5)})
     before = {c["chan_id"]: c for c in api.ok("GET", "/v1/rebalance/fee-policy", role="readonly")["channels"]}
@@ -218,7 +225,9 @@ def test_fee_policy_is_applied_and_recorded(simnet, start_rebalancer) -> None:
     # The default is a dry run: recorded, nothing set.
     dry = api.ok("POST", "/v1/rebalance/fee-policy/apply")["changes"]
     assert dry and all(c["dry_run"] and not c["applied"] for c in dry)
-    assert {c["chan_id"]: c for c in api.ok("GET", "/v1/rebalance/fee-policy", role="readonly")["channels"]} == before
+    assert {
+        c["chan_id"]: c for c in api.ok("GET", "/v1/rebalance/fee-policy", role="readonly")["channels"]
+    } == before
 
     applied = api.ok("POST", "/v1/rebalance/fee-policy/apply?dry_run=false")["changes"]
     assert applied and all(c["applied"] and not c["dry_run"] and not c["error"] for c in applied)
@@ -258,3 +267,69 @@ def test_backup_file_is_replaced_atomically_on_every_update(simnet, start_rebala
     assert health["checks"]["rebalancer"]["last_backup_time"] == info["last_backup_time"]
     text = api.metrics_text(daemon.metrics_url)
     assert _metric(text, "lightningd_rebalancer_last_backup_timestamp_seconds") == info["last_backup_time"]
+
+
+def test_routing_volume_from_forward_events_weighs_priority(simnet, start_rebalancer) -> None:
+    _, api = start_rebalancer()
+    ids = sorted(channels(simnet))
+    a, b, c = ids[0], ids[1], ids[2]
+    set_ratios(simnet, {a: 0.1, b: 0.1, c: 0.6, **dict.fromkeys(ids[3:], 0.5)})
+    for _ in range(3):
+        simnet.control.forward(c, a, 20_000_000, 2_000)
+    set_ratios(simnet, {a: 0.1, b: 0.1})
+
+    def advice() -> dict[int, Any]:
+        return {
+            x["chan_id"]: x
+            for x in api.ok("GET", "/v1/rebalance/recommendations", role="readonly")["channels"]
+        }
+
+    wait_for(lambda: advice()[a]["volume_msat"] == 60_000_000, timeout=10, interval=0.1)
+    now = advice()
+    assert now[c]["volume_msat"] == 60_006_000
+    # Equally depleted, but the one that routes ranks higher.
+    assert now[a]["priority"] > now[b]["priority"]
+
+
+def test_lifecycle_recommends_and_executes_only_when_enabled(simnet, start_rebalancer) -> None:
+    ids = sorted(channels(simnet))
+    gone = channels(simnet)[ids[-1]]["peer"]
+    simnet.control.close_channel(ids[-1], remote=True, confirm=True)
+    _, api = start_rebalancer(
+        lifecycle={
+            "inactive_days": 0.00001,
+            "idle_days": 1000,
+            "candidates": [gone],
+            "channel_size_sat": 1_000_000,
+        }
+    )
+    simnet.control.set_channel_active(ids[0], False)
+
+    def actions() -> list[dict[str, Any]]:
+        return api.ok("GET", "/v1/rebalance/lifecycle", role="readonly")["actions"]
+
+    wait_for(lambda: any(x["action"] == "close" for x in actions()), timeout=10, interval=0.1)
+    found = actions()
+    close = next(x for x in found if x["action"] == "close")
+    opening = next(x for x in found if x["action"] == "open")
+    assert close["chan_id"] == ids[0] and close["reason"].startswith("inactive for")
+    assert opening["target"] == gone and opening["amount_sat"] == 1_000_000
+
+    status, error = api.call("POST", "/v1/rebalance/lifecycle/execute", {"action": "open", "target": gone})
+    assert status == 409 and error["error"]["code"] == "lifecycle_disabled"
+    api.ok("PUT", "/v1/rebalance/config", {"lifecycle": {"enabled": True}})
+    status, error = api.call(
+        "POST",
+        "/v1/rebalance/lifecycle/execute",
+        {"action": "close", "target": channels(simnet)[ids[1]]["channel_point"]},
+    )
+    assert status == 409 and error["error"]["code"] == "not_recommended"
+
+    done = api.ok("POST", "/v1/rebalance/lifecycle/execute", {"action": "open", "target": gone})
+    assert done["result"] == "done" and done["detail"].startswith("channel point ")
+    state = simnet.control.state()["channel_list"]
+    assert any(c["peer"] == gone and c["status"] in ("pending_open", "open") for c in state)
+    done = api.ok("POST", "/v1/rebalance/lifecycle/execute", {"action": "close", "target": close["target"]})
+    assert done["detail"].startswith("closing txid ")
+    state = {int(c["chan_id"]): c for c in simnet.control.state()["channel_list"]}
+    assert state[ids[0]]["status"] != "open"
