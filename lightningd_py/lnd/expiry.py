@@ -63,6 +63,7 @@ _RECHECK_DELAYS = (0.5, 1.0, 2.0, 5.0, 15.0, 30.0)
 _ACCEPTED_RECHECK = 300.0
 _LOOKUP_CONCURRENCY = 16
 _MAX_FOLLOWERS = 256
+_SWEEP_LOOKUPS = 500
 
 
 @dataclass(slots=True)
@@ -95,6 +96,7 @@ class ExpiryTracker:
         self._due: list[tuple[float, str]] = []
         self._by_add: list[tuple[int, str]] = []
         self._to_follow: set[str] = set()
+        self._gone: set[str] = set()
         self._wake: anyio.Event | None = None
         self._following = 0
         self._next_due = float("inf")
@@ -153,6 +155,7 @@ class ExpiryTracker:
         """Stop tracking (its end has been journaled)."""
         if self._open.pop(payment_hash, None) is not None:
             self._to_follow.discard(payment_hash)
+            self._gone.discard(payment_hash)
             # Heaps drop forgotten entries lazily; rebuild them before the stale
             # entries of a long burst of settlements pile up.
             if len(self._due) > 4 * len(self._open) + 4096:
@@ -343,9 +346,15 @@ class ExpiryTracker:
                 events.append(convert.invoice_state_event(inv, now))  # type: ignore[arg-type]
         if events:
             await self.journal.append(events, {OPEN_FLOOR: self.floor()})
-        gone = [h for h in self._open if h not in pending]
-        if gone:
-            await self._check(stubs, gone, limiter or anyio.CapacityLimiter(_LOOKUP_CONCURRENCY))
+        # An invoice that left the pending list was settled (the stream reports that;
+        # the reader may just be behind), canceled or expired. Only those missing in
+        # two sweeps in a row are looked up, at most _SWEEP_LOOKUPS per sweep, so a
+        # burst of settlements does not turn into a burst of lookups.
+        gone = {h for h in self._open if h not in pending}
+        suspects = [h for h in gone if h in self._gone][:_SWEEP_LOOKUPS]
+        self._gone = gone
+        if suspects:
+            await self._check(stubs, suspects, limiter or anyio.CapacityLimiter(_LOOKUP_CONCURRENCY))
 
     # ------------------------------------------------------------ hold invoices
 

@@ -69,6 +69,7 @@ __all__ = [
     "OPEN_FLOOR",
     "PAYMENTS_INDEX",
     "POSITION_NAMES",
+    "READY_KEY",
     "SETTLE_INDEX",
     "STREAMS",
     "StreamEnded",
@@ -77,6 +78,9 @@ __all__ = [
 
 BATCH = 1000
 """Most messages journaled in one append."""
+
+READY_KEY = "streams_ready"
+"""``NodeStatus.extra`` key: True while every stream is subscribed and caught up."""
 
 STREAMS: tuple[str, ...] = ("invoices", "channel_events", "payments", "htlc_events", "peer_events", "backups")
 
@@ -107,7 +111,7 @@ class _Readers:
     def mark_ready(self, stream: str) -> None:
         self.ready.add(stream)
         if len(self.ready) == len(STREAMS):
-            self.node.active = True
+            self.node.extra[READY_KEY] = True
             _log.info("LND streams subscribed and caught up", streams=len(STREAMS))
 
 
@@ -124,13 +128,14 @@ async def run_streams(
     :param journal: the daemon's journal.
     :param settings: the ``[lnd]`` settings (``rpc_timeout``, ``invoice_page_size``,
         ``invoice_sweep_interval``).
-    :param node: the daemon's ``NodeStatus``; ``active`` is set once every stream is
-        subscribed and caught up, and cleared when this returns.
+    :param node: the daemon's ``NodeStatus``; ``node.extra["streams_ready"]`` becomes
+        True once every stream is subscribed and caught up, False when this returns.
     :param expiry: the daemon's one ``ExpiryTracker`` (it outlives connections;
         built on the same journal and settings).
     :raises StreamEnded: a stream ended (LND shutting down) or failed.
     :raises LndError: a catch-up call failed.
     """
+    node.extra[READY_KEY] = False
     try:
         async with anyio.create_task_group() as tg:
             readers = _Readers(stubs, journal, settings, node, expiry, tg)
@@ -146,7 +151,7 @@ async def run_streams(
             raise
         raise error from None
     finally:
-        node.active = False
+        node.extra[READY_KEY] = False
 
 
 def _first_lnd_error(group: BaseExceptionGroup[Any]) -> LndError | None:
@@ -182,7 +187,10 @@ async def _pump(call: Any, stream: str, handle: Callable[[list[Any]], Awaitable[
                     if message is grpc.aio.EOF:
                         ended.append(StreamEnded(stream))
                         return
-                    await send.send(message)
+                    try:
+                        send.send_nowait(message)
+                    except anyio.WouldBlock:
+                        await send.send(message)
             except (grpc.RpcError, grpc.aio.UsageError) as exc:
                 error = classify(exc)
                 end = StreamEnded(stream, error.code, error.details, error.kind)

@@ -13,7 +13,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from lightningd_py.lnd.link import LND_CIPHER_SUITES, LndLink, Stubs
 from lightningd_py.lnd.reconcile import FORWARDS_TIME, PAYMENTS_INDEX
 from lightningd_py.lnd.rpc import invoices_pb2_grpc, router_pb2_grpc, stateservice_pb2_grpc
 from lightningd_py.lnd.rpc import lightning_pb2_grpc as lnrpc_grpc
-from lightningd_py.lnd.streams import StreamEnded, run_streams
+from lightningd_py.lnd.streams import READY_KEY, StreamEnded, run_streams
 from lightningd_py.simnet.control import AsyncSimnetControl
 from lightningd_py.store import Store
 
@@ -92,29 +92,34 @@ class Daemon:
             out.extend(batch)
             after = batch[-1].id
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if hasattr(value, "__await__"):
-                value = await value
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout} s")
-            await anyio.sleep(0.05)
+    async def wait_for(self, predicate: Callable[[], Any], within: float = 10.0) -> Any:
+        return await wait_until(predicate, within)
 
     async def wait_events(
-        self, cls: type[ev.Event], count: int, timeout: float = 10.0, **match: Any
+        self, cls: type[ev.Event], count: int, within: float = 10.0, **match: Any
     ) -> list[Any]:
         async def found() -> list[Any] | None:
             got = [e for e in await self.events(cls) if all(getattr(e, k) == v for k, v in match.items())]
             return got if len(got) >= count else None
 
-        return await self.wait_for(found, timeout)
+        return await self.wait_for(found, within)
 
-    async def wait_active(self, timeout: float = 15.0) -> None:
-        await self.wait_for(lambda: self.node.active, timeout)
+    async def wait_active(self, within: float = 15.0) -> None:
+        await self.wait_for(lambda: self.node.extra.get(READY_KEY), within)
+
+
+async def wait_until(predicate: Callable[[], Any], within: float = 10.0) -> Any:
+    """Poll ``predicate`` (sync or async) until it returns something true."""
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if hasattr(value, "__await__"):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within} s")
+        await anyio.sleep(0.05)
 
 
 @asynccontextmanager
@@ -135,7 +140,7 @@ async def daemon(
     async def on_active(stubs: Stubs) -> None:
         d.sessions += 1
         if not streams:
-            node.active = True
+            node.extra[READY_KEY] = True
             await anyio.sleep_forever()
         try:
             await run_streams(stubs, journal, settings, node, tracker)
@@ -165,15 +170,15 @@ def assert_no_duplicates(events: list[Any]) -> None:
     assert not repeated, repeated
 
 
-async def setup_client(sim: SimnetProcess, tmp_path: Path) -> AsyncIterator[Daemon]:
+def setup_client(sim: SimnetProcess, tmp_path: Path) -> AbstractAsyncContextManager[Daemon]:
     """A daemon without stream readers: a plain LND client to act on simnet while the
     daemon under test is down."""
-    return daemon(sim, tmp_path / "setup.sqlite", streams=False)  # type: ignore[return-value]
+    return daemon(sim, tmp_path / "setup.sqlite", streams=False)
 
 
 async def test_first_sync_journals_existing_invoices_in_pages(sim: SimnetProcess, tmp_path: Path) -> None:
     hashes: list[str] = []
-    async with await setup_client(sim, tmp_path) as setup:
+    async with setup_client(sim, tmp_path) as setup:
         for i in range(120):
             added = await setup.lnd.add_invoice(value_msat=1000 + i, memo=f"n{i}")
             hashes.append(added.payment_hash)
@@ -212,7 +217,7 @@ async def test_live_settle_then_daemon_restart_resumes_without_duplicates(
         assert settled[0].settle_index in (1, 2)
 
     # While the daemon is down: two earlier invoices and one new one are settled.
-    async with await setup_client(sim, tmp_path) as setup:
+    async with setup_client(sim, tmp_path) as setup:
         for h in first[2:4]:
             await setup.control.settle_invoice(h)
         later = [(await setup.lnd.add_invoice(value_msat=3000 + i)).payment_hash for i in range(3)]
@@ -259,13 +264,12 @@ async def test_lnd_restart_ends_streams_with_ok_and_reconnects(sim: SimnetProces
                             outcome.append(exc)
 
                     inner.start_soon(streams)
-                    while not node.active:
-                        await anyio.sleep(0.02)
+                    await wait_until(lambda: node.extra.get(READY_KEY))
                     await control.restart(down_seconds=0.3)
             assert len(outcome) == 1
             assert isinstance(outcome[0], StreamEnded) and isinstance(outcome[0], LndError)
             assert outcome[0].code == "OK" and outcome[0].kind == "unreachable"
-            assert not node.active
+            assert node.extra[READY_KEY] is False
         finally:
             await control.close()
             await channel.close()
@@ -276,7 +280,7 @@ async def test_lnd_restart_ends_streams_with_ok_and_reconnects(sim: SimnetProces
     async with daemon(sim, tmp_path / "db.sqlite") as d:
         added = await d.lnd.add_invoice(value_msat=1234)
         await d.control.restart(down_seconds=0.3)
-        await d.wait_for(lambda: d.sessions >= 2 and d.node.active, timeout=20)
+        await d.wait_for(lambda: d.sessions >= 2 and d.node.extra.get(READY_KEY), within=20)
         await d.control.settle_invoice(added.payment_hash)
         await d.wait_events(ev.InvoiceSettled, 1, payment_hash=added.payment_hash)
         assert_no_duplicates(await d.events())
@@ -286,7 +290,7 @@ async def test_expiry_is_detected_and_journaled_as_expired(sim: SimnetProcess, t
     async with daemon(sim, tmp_path / "db.sqlite") as d:
         short = await d.lnd.add_invoice(value_msat=1000, expiry=1)
         long = await d.lnd.add_invoice(value_msat=1000, expiry=3600)
-        expired = await d.wait_events(ev.InvoiceExpired, 1, timeout=15)
+        expired = await d.wait_events(ev.InvoiceExpired, 1, within=15)
         assert expired[0].payment_hash == short.payment_hash
         assert short.payment_hash not in d.tracker and long.payment_hash in d.tracker
         assert not await d.events(ev.InvoiceCanceled)
@@ -297,7 +301,7 @@ async def test_cancel_is_detected_and_journaled_as_canceled(sim: SimnetProcess, 
         added = await d.lnd.add_invoice(value_msat=1000, expiry=3600)
         await d.wait_events(ev.InvoiceCreated, 1)
         await d.lnd.cancel_invoice(added.payment_hash)
-        canceled = await d.wait_events(ev.InvoiceCanceled, 1, timeout=10)  # found by the sweep
+        canceled = await d.wait_events(ev.InvoiceCanceled, 1, within=10)  # found by the sweep
         assert canceled[0].payment_hash == added.payment_hash
         assert not await d.events(ev.InvoiceExpired)
         assert added.payment_hash not in d.tracker
@@ -330,7 +334,7 @@ async def test_channels_reconciled_after_reconnect(sim: SimnetProcess, tmp_path:
         live = await d.control.open_channel(peer, 500_000, confirm=True)
         await d.wait_events(ev.ChannelOpened, 1, channel_point=live["channel_point"])
 
-    async with await setup_client(sim, tmp_path) as setup:
+    async with setup_client(sim, tmp_path) as setup:
         while_down = await setup.control.open_channel(peer, 300_000, confirm=True)
         await setup.control.close_channel(start[1]["chan_id"], confirm=True)
         pending = await setup.control.open_channel(peer, 200_000)  # not confirmed yet
@@ -362,7 +366,7 @@ async def test_payments_live_and_caught_up_with_list_payments(sim: SimnetProcess
         assert failed[0].failure_reason == "FAILURE_REASON_NO_ROUTE"
         await d.wait_for(lambda: (d.journal.position(PAYMENTS_INDEX) or 0) >= 2)
 
-    async with await setup_client(sim, tmp_path) as setup:
+    async with setup_client(sim, tmp_path) as setup:
         missed = await setup.control.external_invoice(peer, 30_000, "while down")
         await setup.lnd.send_payment(missed["payment_request"], fee_limit_msat=1000, timeout_seconds=10)
 
@@ -394,7 +398,7 @@ async def test_forwards_from_htlc_events_and_forwarding_history(sim: SimnetProce
         assert failed[0].amt_in_msat == 40_005
         await d.wait_for(lambda: d.journal.position(FORWARDS_TIME) == settled[0].timestamp_ns)
 
-    async with await setup_client(sim, tmp_path) as setup:
+    async with setup_client(sim, tmp_path) as setup:
         await setup.control.forward(a, c, 10_000, fee_msat=3)
 
     async with daemon(sim, db) as d:
@@ -429,7 +433,7 @@ class _Repeating:
 class _RepeatingRouter:
     router: Any
 
-    def SubscribeHtlcEvents(self, request: Any, **kwargs: Any) -> _Repeating:  # noqa: N802
+    def SubscribeHtlcEvents(self, request: Any, **kwargs: Any) -> _Repeating:
         return _Repeating(self.router.SubscribeHtlcEvents(request, **kwargs))
 
     def __getattr__(self, name: str) -> Any:
@@ -459,16 +463,18 @@ async def test_repeated_htlc_events_are_journaled_once(sim: SimnetProcess, tmp_p
             await tg.start(store.run)
             tg.start_soon(run_streams, repeating, journal, settings, node, tracker)
             with anyio.fail_after(15):
-                while not node.active:
-                    await anyio.sleep(0.02)
+                await wait_until(lambda: node.extra.get(READY_KEY))
                 a, b = _chan_ids(await control.state())[:2]
                 await control.set_balance(a, 100_000_000)
                 await control.set_balance(b, 900_000_000)
                 for _ in range(3):
                     await control.forward(a, b, 1000, fee_msat=1)
                 await control.forward(a, b, 1000, fee_msat=1, fail=True)
-                while len(await journal.read(0, 1000, types={"forward.settled", "forward.failed"})) < 4:
-                    await anyio.sleep(0.02)
+
+                async def four() -> bool:
+                    return len(await journal.read(0, 1000, types={"forward.settled", "forward.failed"})) >= 4
+
+                await wait_until(four)
                 await anyio.sleep(0.2)
             forwards = await journal.read(0, 1000, types={"forward.settled", "forward.failed"})
             assert len(forwards) == 4
@@ -483,11 +489,12 @@ async def test_repeated_htlc_events_are_journaled_once(sim: SimnetProcess, tmp_p
 async def test_burst_settle_throughput(sim: SimnetProcess, tmp_path: Path) -> None:
     """Prints events/s from a 20,000-invoice burst-settle into the journal (not asserted)."""
     count = 20_000
-    async with daemon(sim, tmp_path / "db.sqlite", invoice_page_size=1000) as d:
+    # The default sweep interval: a sweep every 0.5 s would measure simnet's ListInvoices.
+    async with daemon(sim, tmp_path / "db.sqlite", invoice_page_size=1000, invoice_sweep_interval=60) as d:
         started = time.perf_counter()
         burst = await d.control.burst_settle(count, value_msat=1000)
         await d.wait_for(
-            lambda: (d.journal.position(SETTLE_INDEX) or 0) >= burst["last_settle_index"], timeout=120
+            lambda: (d.journal.position(SETTLE_INDEX) or 0) >= burst["last_settle_index"], within=120
         )
         elapsed = time.perf_counter() - started
         journaled = d.journal.appended
@@ -499,6 +506,15 @@ async def test_burst_settle_throughput(sim: SimnetProcess, tmp_path: Path) -> No
         )
         settled = await d.events(ev.InvoiceSettled)
         assert len(settled) == count
+    # The same history again, as a first sync through ListInvoices pages (catch-up).
+    started = time.perf_counter()
+    async with daemon(sim, tmp_path / "fresh.sqlite", invoice_page_size=1000, invoice_sweep_interval=60) as d:
+        elapsed = time.perf_counter() - started
+        assert d.journal.position(SETTLE_INDEX) == burst["last_settle_index"]
+        print(
+            f"catch-up: {count} settled invoices ({d.journal.appended} events) journaled from ListInvoices "
+            f"in {elapsed:.2f} s = {count / elapsed:,.0f} settlements/s"
+        )
 
 
 async def connect(sim: SimnetProcess) -> tuple[grpc.aio.Channel, Stubs]:
