@@ -183,6 +183,14 @@ def _looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or value.startswith("~") or value.endswith(".macaroon")
 
 
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).expanduser().is_file()
+    except (OSError, ValueError):
+        # A macaroon's hex is longer than any file name may be.
+        return False
+
+
 def read_macaroon(value: str, key: str = "lnd.macaroon") -> bytes:
     """The macaroon bytes from a file path or a hex string.
 
@@ -192,12 +200,12 @@ def read_macaroon(value: str, key: str = "lnd.macaroon") -> bytes:
     text = value.strip()
     if not text:
         raise ConfigError(f"{key}: empty; expected a macaroon file path or a hex string")
-    if _HEX.fullmatch(text) and not _looks_like_path(text) and not Path(text).is_file():
+    if _HEX.fullmatch(text) and not _looks_like_path(text) and not _is_file(text):
         if len(text) % 2:
             raise ConfigError(f"{key}: the hex string has an odd number of digits")
         return bytes.fromhex(text)
     path = Path(text).expanduser()
-    if not _looks_like_path(text) and not path.exists():
+    if not _looks_like_path(text) and not _is_file(text):
         # Neither hex nor an existing file: it may be a mistyped secret, so not quoted.
         raise ConfigError(f"{key}: neither an existing file nor a hex string (value not shown)")
     try:

@@ -77,6 +77,14 @@ def test_macaroon_from_hex_either_case() -> None:
     assert read_macaroon(MACAROON.hex().upper()) == MACAROON
 
 
+def test_long_hex_macaroon_longer_than_a_file_name() -> None:
+    long = MACAROON * 10
+    assert len(long.hex()) > 255
+    assert read_macaroon(long.hex()) == long
+    with pytest.raises(ConfigError, match="not shown"):
+        read_macaroon("z" + long.hex())
+
+
 def test_macaroon_file_is_read_again_each_time(tmp_path: Path) -> None:
     path = tmp_path / "admin.macaroon"
     path.write_bytes(MACAROON)
