@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 from lightningd_py.hookspecs import hookimpl
 from lightningd_py.store import Migration
-from lightningd_py.web import Route, RouteRegistry
+from lightningd_py.web import ApiError, Route, RouteRegistry
 
 from .auth import RateLimiter, TokenAuthenticator
-from .rates import ExchangeRates
+from .rates import CURRENCY, ExchangeRates, asking_plugins
 from .routes_invoices import IDEMPOTENCY_SQL, add_invoice_routes
 from .routes_node import PAYMENTS_SQL, add_node_routes, record_payment_event
 from .routes_system import add_system_routes
@@ -39,6 +39,7 @@ __all__ = [
     "ldp_background_tasks",
     "ldp_config_reloaded",
     "ldp_config_schema",
+    "ldp_exchange_rate",
     "ldp_migrations",
     "ldp_payment_event",
     "ldp_register_routes",
@@ -147,6 +148,20 @@ def ldp_background_tasks(daemon: Daemon) -> Iterable[tuple[str, Callable[[], Awa
 @hookimpl
 async def ldp_payment_event(daemon: Daemon, event: PaymentEvent) -> None:
     await record_payment_event(_api(daemon), event)
+
+
+# Last: plugins that know better answer first; then the configured provider serves
+# every plugin that needs a price (analytics in fiat, say), not only invoice creation.
+@hookimpl(trylast=True)
+async def ldp_exchange_rate(daemon: Daemon, currency: str) -> Decimal | None:
+    api = _running.get(daemon)
+    if api is None or asking_plugins.get() or not CURRENCY.match(currency):
+        return None
+    try:
+        return await api.rates.provider_rate(currency)
+    except ApiError as exc:
+        daemon.log.warning("exchange rate unavailable", currency=currency, reason=exc.message)
+        return None
 
 
 @hookimpl

@@ -35,9 +35,9 @@ _ERROR_TEXT = {
     403: "The token's role may not call this endpoint",
     404: "Not found",
     413: "Request body too large",
+    409: "LND refused the request in its current state (its message says why)",
     422: "The request conflicts with an earlier one (e.g. an Idempotency-Key reused with another body)",
     429: "Rate limit exceeded; see Retry-After",
-    502: "LND failed the request",
     503: "A dependency (LND, the database, a plugin, an exchange-rate provider) is unavailable",
     504: "LND did not answer in time",
 }
@@ -105,15 +105,14 @@ def build_openapi(routes: Sequence[Route], *, title: str, version: str) -> dict[
             op["security"] = []
         else:
             op["description"] = f"Needs the `{r.role}` role (or higher). Rate-limit group: `{r.group}`."
-        ok: dict[str, Any] = {"description": "Success"}
-        if r.content_type == "application/json":
-            ok["content"] = {
-                "application/json": {"schema": ref(r.response, "serialization") if r.response else {}}
-            }
-        elif r.content_type == "text/event-stream":
-            ok["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
-        else:
-            ok["content"] = {ct.strip(): {"schema": {"type": "string"}} for ct in r.content_type.split(",")}
+        ok: dict[str, Any] = {"description": "Success", "content": {}}
+        # content_type may list several media types ("text/csv, application/json").
+        for media in (m.strip() for m in r.content_type.split(",")):
+            if media == "application/json":
+                schema = ref(r.response, "serialization") if r.response else {}
+            else:
+                schema = {"type": "string"}
+            ok["content"][media] = {"schema": schema}
         responses: dict[str, Any] = {str(r.status): ok}
         codes = {400, 429, 503}
         if r.role is not None:

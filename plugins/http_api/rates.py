@@ -5,6 +5,7 @@ never papered over with a stale or made-up price."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import re
 import time
@@ -18,7 +19,7 @@ from lightningd_py.web import ApiError
 
 from .settings import ExchangeRateSettings
 
-__all__ = ["BUILT_IN_PROVIDERS", "ExchangeRates", "extract_json_path"]
+__all__ = ["BUILT_IN_PROVIDERS", "ExchangeRates", "asking_plugins", "extract_json_path"]
 
 # name -> (url, json path); {currency} is upper case, {currency_lower} lower case.
 BUILT_IN_PROVIDERS: dict[str, tuple[str, str]] = {
@@ -30,6 +31,10 @@ BUILT_IN_PROVIDERS: dict[str, tuple[str, str]] = {
     "kraken": ("https://api.kraken.com/0/public/Ticker?pair=XBT{currency}", "result.*.c[0]"),
     "mempool": ("https://mempool.space/api/v1/prices", "{currency}"),
 }
+
+# Set while this module asks the ldp_exchange_rate hook, so the http_api plugin's own
+# implementation of that hook (which serves the provider to other plugins) stays out.
+asking_plugins: contextvars.ContextVar[bool] = contextvars.ContextVar("asking_plugins", default=False)
 
 _STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -99,7 +104,11 @@ class ExchangeRates:
             cached = self._cache.get(currency)
             if cached is not None and cached[1] > time.monotonic():
                 return cached[0], cached[2]
-            value = await self._ask_plugins(currency)
+            token = asking_plugins.set(True)
+            try:
+                value = await self._ask_plugins(currency)
+            finally:
+                asking_plugins.reset(token)
             source = "plugin"
             if value is None:
                 value = await self._fetch(currency)
@@ -108,6 +117,20 @@ class ExchangeRates:
                 value = _positive(value, "a plugin's ldp_exchange_rate")
             self._cache[currency] = (value, time.monotonic() + self.settings.ttl, source)
             return value, source
+
+    async def provider_rate(self, currency: str) -> Decimal:
+        """The configured provider's price (cached), for other plugins through the
+        ``ldp_exchange_rate`` hook.
+
+        :raises ApiError: 503 naming the provider.
+        """
+        now = time.monotonic()
+        cached = self._cache.get(currency)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        value = await self._fetch(currency)
+        self._cache[currency] = (value, time.monotonic() + self.settings.ttl, self.provider_name)
+        return value
 
     async def _fetch(self, currency: str) -> Decimal:
         s = self.settings

@@ -358,7 +358,7 @@ def add_invoice_routes(api: HttpApi, router: RouteRegistry) -> None:
         response=InvoiceOut,
         status=201,
         tags=inv,
-        responses={422: "Idempotency-Key reused with a different body", 502: "LND failed"},
+        responses={409: "LND refused the request", 422: "Idempotency-Key reused with a different body"},
     )
     r.add(
         "GET",
@@ -429,7 +429,7 @@ def add_invoice_routes(api: HttpApi, router: RouteRegistry) -> None:
         summary="Cancel an open invoice",
         response=InvoiceOut,
         tags=inv,
-        responses={404: "No such invoice", 409: "The invoice is not open", 502: "LND failed"},
+        responses={404: "No such invoice", 409: "The invoice is not open"},
     )
 
 

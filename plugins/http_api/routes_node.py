@@ -342,7 +342,7 @@ def add_node_routes(api: HttpApi, router: RouteRegistry) -> None:
         summary="This node's identity and sync state",
         response=NodeOut,
         tags=("node",),
-        responses={502: "LND failed"},
+        responses={409: "LND refused the request"},
     )
     r.add(
         "GET",
@@ -352,7 +352,7 @@ def add_node_routes(api: HttpApi, router: RouteRegistry) -> None:
         summary="On-chain and channel balances",
         response=Balances,
         tags=("node",),
-        responses={502: "LND failed"},
+        responses={409: "LND refused the request"},
     )
     r.add(
         "POST",
@@ -373,7 +373,7 @@ def add_node_routes(api: HttpApi, router: RouteRegistry) -> None:
         body=PaymentCreate,
         response=PaymentOut,
         tags=("payments",),
-        responses={502: "LND failed", 504: "LND did not answer in time"},
+        responses={409: "LND refused the request", 504: "LND did not answer in time"},
     )
     r.add(
         "GET",
@@ -404,7 +404,7 @@ def add_node_routes(api: HttpApi, router: RouteRegistry) -> None:
         group="channels",
         response=ChannelList,
         tags=("channels",),
-        responses={502: "LND failed"},
+        responses={409: "LND refused the request"},
     )
     r.add(
         "POST",
@@ -417,7 +417,7 @@ def add_node_routes(api: HttpApi, router: RouteRegistry) -> None:
         response=ChannelOpened,
         status=201,
         tags=("channels",),
-        responses={502: "LND failed", 504: "LND did not answer in time"},
+        responses={409: "LND refused the request", 504: "LND did not answer in time"},
     )
     r.add(
         "DELETE",
@@ -429,5 +429,5 @@ def add_node_routes(api: HttpApi, router: RouteRegistry) -> None:
         query=CloseQuery,
         response=ChannelClosed,
         tags=("channels",),
-        responses={404: "No such channel", 502: "LND failed", 504: "LND did not answer in time"},
+        responses={404: "No such channel", 409: "LND refused the request", 504: "LND did not answer in time"},
     )

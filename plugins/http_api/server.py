@@ -55,7 +55,9 @@ def lnd_api_error(exc: LndError, field: str | None = None) -> ApiError:
         status, code, message = _LND_STATUS[exc.kind]
         detail = f": {exc.details}" if exc.details and exc.kind in ("not_found", "timeout") else ""
         return ApiError(status, code, message + detail, field if exc.kind == "not_found" else None)
-    return ApiError(502, "lnd_error", f"LND failed the request ({exc.code}): {exc.details}")
+    # What is left is LND refusing the request in its current state ("peer is not online",
+    # "channel is already closing"): the caller's to resolve, not a gateway failure.
+    return ApiError(409, "lnd_refused", f"LND refused the request: {exc.details}", field)
 
 
 async def call_lnd(call: Awaitable[T], field: str | None = None) -> T:

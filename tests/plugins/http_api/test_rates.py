@@ -9,7 +9,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from lightningd_py.plugins.http_api.rates import BUILT_IN_PROVIDERS, ExchangeRates, extract_json_path
+from lightningd_py.plugins.http_api.rates import (
+    BUILT_IN_PROVIDERS,
+    ExchangeRates,
+    asking_plugins,
+    extract_json_path,
+)
 from lightningd_py.plugins.http_api.settings import ExchangeRateSettings
 
 from lightningd_py.demo import free_port
@@ -125,5 +130,29 @@ async def test_plugin_answer_wins(rate_server: tuple[RateServer, str]) -> None:
         assert await rates.rate("CHF") == (Decimal("42000"), "plugin")
         assert server.hits == 0
         assert (await rates.rate("EUR"))[0] == Decimal("50000.25")
+    finally:
+        await rates.close()
+
+
+async def test_provider_serves_other_plugins_without_asking_itself(
+    rate_server: tuple[RateServer, str],
+) -> None:
+    server, url = rate_server
+    seen: list[bool] = []
+
+    async def plugin(currency: str) -> Decimal | None:
+        seen.append(asking_plugins.get())
+        return None
+
+    rates = ExchangeRates(
+        ExchangeRateSettings(provider="custom", url=f"{url}/p", json_path="data.amount"), plugin
+    )
+    try:
+        assert await rates.provider_rate("EUR") == Decimal("50000.25")
+        assert seen == []  # the provider path never asks the hook
+        assert (await rates.rate("USD"))[0] == Decimal("50000.25")
+        assert seen == [True]  # the http_api's own hookimpl sees the flag and stays out
+        await rates.provider_rate("EUR")
+        assert server.hits == 2
     finally:
         await rates.close()
