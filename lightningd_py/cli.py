@@ -130,7 +130,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
 
 def _cmd_check_config(ns: argparse.Namespace) -> int:
     from .config import load_config
-    from .plugins import create_plugin_manager, plugin_schemas
+    from .pluginhost import create_plugin_manager, plugin_schemas
 
     path = (ns.config or default_config_path()).expanduser().absolute()
     try:
@@ -155,7 +155,7 @@ def _cmd_check_config(ns: argparse.Namespace) -> int:
 
 def _cmd_plugins(ns: argparse.Namespace) -> int:
     from .config import load_config
-    from .plugins import create_plugin_manager, describe_plugins, plugin_schemas
+    from .pluginhost import create_plugin_manager, describe_plugins, plugin_schemas
 
     pm = create_plugin_manager()
     path = (ns.config or default_config_path()).expanduser()

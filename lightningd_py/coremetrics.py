@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .plugins import PluginHost
+    from .pluginhost import PluginHost
 
 __all__ = ["register_core_metrics"]
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .journal import Journal
     from .lnd.client import LndClient
-    from .plugins import HookRunner, PluginHost
+    from .pluginhost import HookRunner, PluginHost
     from .store import StoreHandle
 
 __all__ = ["Daemon", "NodeStatus"]

@@ -27,7 +27,7 @@ from .lnd.link import LndLink, Stubs
 from .lnd.streams import run_streams
 from .logs import configure_logging
 from .notify import Notifier
-from .plugins import PluginHost, PluginManager, create_plugin_manager, plugin_schemas
+from .pluginhost import PluginHost, PluginManager, create_plugin_manager, plugin_schemas
 from .store import Store
 
 __all__ = ["Supervisor", "load", "main"]

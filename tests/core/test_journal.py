@@ -13,7 +13,7 @@ from lightningd_py.daemon import NodeStatus
 from lightningd_py.events import ChannelActive, InvoiceCreated, InvoiceSettled
 from lightningd_py.hookspecs import hookimpl
 from lightningd_py.journal import Journal
-from lightningd_py.plugins import PluginHost, create_plugin_manager
+from lightningd_py.pluginhost import PluginHost, create_plugin_manager
 from lightningd_py.store import Migration, Store
 
 pytestmark = pytest.mark.anyio

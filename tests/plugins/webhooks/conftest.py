@@ -28,7 +28,7 @@ from lightningd_py.config import load_config
 from lightningd_py.daemon import NodeStatus
 from lightningd_py.events import Event
 from lightningd_py.journal import Journal
-from lightningd_py.plugins import PluginHost, create_plugin_manager
+from lightningd_py.pluginhost import PluginHost, create_plugin_manager
 from lightningd_py.store import Store
 
 # A retry schedule compressed from hours to fractions of a second.

@@ -45,7 +45,7 @@ __all__ = [
     "plugin_schemas",
 ]
 
-log = structlog.get_logger("lightningd_py.plugins")
+log = structlog.get_logger("lightningd_py.pluginhost")
 
 ENTRY_POINT_GROUP = "lightningd_py"
 OWN_DISTRIBUTION = "lightningd-py"
