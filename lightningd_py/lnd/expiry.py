@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ import grpc
 import structlog
 
 from ..errors import LndError
-from ..events import InvoiceCanceled, InvoiceCreated, InvoiceEvent, InvoiceExpired
+from ..events import Event, InvoiceCanceled, InvoiceCreated, InvoiceEvent, InvoiceExpired
 from . import convert
 from .errors import classify
 from .reconcile import JournalLike, RecentForwards, StreamSettings, unary
@@ -104,6 +104,9 @@ class ExpiryTracker:
         self.settle_index = 0
         self.loaded = False
         """True once the tracked set reflects LND (after the reader's first catch-up)."""
+        self.canceled: set[str] | None = None
+        """Hashes journaled as ``InvoiceCanceled`` (explicit cancellations, so few);
+        loaded from the journal the first time it is needed, then kept up to date."""
         self.recent_forwards = RecentForwards()
         """Settled forwards recently journaled from the HTLC stream; kept here because
         this object outlives connections and reconciliation after a reconnect needs
@@ -167,6 +170,11 @@ class ExpiryTracker:
         self._by_add = [(e.created.add_index, h) for h, e in self._open.items()]
         heapq.heapify(self._by_add)
         self._next_due = self._due[0][0] if self._due else float("inf")
+
+    def note_canceled(self, events: Iterable[Event]) -> None:
+        """Remember the invoices just journaled as canceled (see ``canceled``)."""
+        if self.canceled is not None:
+            self.canceled.update(e.payment_hash for e in events if isinstance(e, InvoiceCanceled))
 
     def floor(self) -> int:
         """``invoices.open_floor``: the lowest add index still tracked, else the next
@@ -300,6 +308,7 @@ class ExpiryTracker:
         if events:
             positions = {OPEN_FLOOR: self.floor()}
             await self.journal.append(events, positions)
+            self.note_canceled(events)
         for payment_hash in closed:
             self.forget(payment_hash)
 

@@ -277,6 +277,8 @@ async def _invoices(r: _Readers) -> None:
                 tracker.track(inv)
         if events:
             await journal.append(events, tracker.positions())
+            if closing:
+                tracker.note_canceled(events)
         for payment_hash in closing:
             tracker.forget(payment_hash)
 
@@ -292,7 +294,6 @@ async def _invoice_catch_up(r: _Readers, offset: int) -> None:
     newest_settle = known_settle
     page_size = r.settings.invoice_page_size
     pages = 0
-    canceled: set[str] | None = None
     while True:
         request = ln.ListInvoiceRequest(index_offset=offset, num_max_invoices=page_size)
         page = await unary(r.stubs.lightning.ListInvoices, request, r.settings.rpc_timeout)
@@ -328,9 +329,9 @@ async def _invoice_catch_up(r: _Readers, offset: int) -> None:
                 closed = convert.invoice_closed_event(inv, now)
                 if not new and payment_hash not in tracker and isinstance(closed, InvoiceExpired):
                     # Seen canceled before its expiry, it was journaled as canceled.
-                    if canceled is None:
-                        canceled = await _journaled_cancels(r.journal)
-                    if payment_hash in canceled:
+                    if tracker.canceled is None:
+                        tracker.canceled = await _journaled_cancels(r.journal)
+                    if payment_hash in tracker.canceled:
                         continue
                 events.append(closed)
                 closing.append(payment_hash)
@@ -339,6 +340,7 @@ async def _invoice_catch_up(r: _Readers, offset: int) -> None:
             tracker.settle_index = max(tracker.settle_index, newest_settle)
         if events or last_page or pages % 10 == 9:
             await r.journal.append(events, tracker.positions())
+            tracker.note_canceled(events)
         for payment_hash in closing:
             tracker.forget(payment_hash)
         pages += 1

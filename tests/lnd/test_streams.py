@@ -307,6 +307,29 @@ async def test_cancel_is_detected_and_journaled_as_canceled(sim: SimnetProcess, 
         assert added.payment_hash not in d.tracker
 
 
+async def test_invoice_ends_while_daemon_down_are_journaled_once(sim: SimnetProcess, tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    async with daemon(sim, db) as d:
+        pinned = await d.lnd.add_invoice(value_msat=1000, expiry=3600)  # keeps the open floor low
+        canceled = await d.lnd.add_invoice(value_msat=1000, expiry=4)
+        expiring = await d.lnd.add_invoice(value_msat=1000, expiry=2)
+        await d.lnd.cancel_invoice(canceled.payment_hash)
+        await d.wait_events(ev.InvoiceCanceled, 1, payment_hash=canceled.payment_hash)
+        assert d.journal.position(OPEN_FLOOR) == pinned.add_index
+    # Down past both expiry times: simnet cancels the expiring one silently.
+    await anyio.sleep(4.5)
+    async with daemon(sim, db) as d:
+        await d.wait_events(ev.InvoiceExpired, 1, payment_hash=expiring.payment_hash)
+        await anyio.sleep(1.2)  # a sweep or two
+        events = await d.events()
+        assert_no_duplicates(events)
+        ends = [e for e in events if isinstance(e, (ev.InvoiceCanceled, ev.InvoiceExpired))]
+        assert sorted((type(e).__name__, e.payment_hash) for e in ends) == sorted(
+            [("InvoiceCanceled", canceled.payment_hash), ("InvoiceExpired", expiring.payment_hash)]
+        )
+        assert pinned.payment_hash in d.tracker and len(d.tracker) == 1
+
+
 async def test_hold_invoice_accepted_then_settled(sim: SimnetProcess, tmp_path: Path) -> None:
     preimage = os.urandom(32)
     payment_hash = hashlib.sha256(preimage).hexdigest()
