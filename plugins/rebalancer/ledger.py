@@ -412,7 +412,9 @@ class Ledger:
     async def set_inactive(self, channel_point: str, since: float | None) -> None:
         """Remember when a channel went inactive (None: it is active again or closed)."""
         if since is None:
-            await self.store.execute("DELETE FROM rebalancer_inactive WHERE channel_point = ?", (channel_point,))
+            await self.store.execute(
+                "DELETE FROM rebalancer_inactive WHERE channel_point = ?", (channel_point,)
+            )
         else:
             await self.store.execute(
                 "INSERT INTO rebalancer_inactive (channel_point, since) VALUES (?, ?) "

@@ -134,6 +134,10 @@ class _Pool:
     spare: int  # sat it can give (source) or take (target) without crossing the target ratio
 
 
+def _given(pool: _Pool, plans: list[PlannedRebalance]) -> int:
+    return sum(p.amount_sat for p in plans if p.outgoing_chan_id == pool.advice.chan_id)
+
+
 def pair(
     advice: Iterable[ChannelAdvice],
     settings: RebalancerSettings,
@@ -143,7 +147,8 @@ def pair(
 
     Depleted channels are filled from surplus channels first, then from any channel above
     the target ratio; surplus channels left over are emptied into channels below the
-    target. No channel is driven past the target ratio and no amount is below
+    target, then into balanced channels up to halfway between the target and
+    ``max_ratio``. No channel leaves the bounds because of a plan, and no amount is below
     ``min_amount_sat`` or above ``max_amount_sat``. Channels in ``busy`` are skipped.
     """
     busy = set(busy)
@@ -177,6 +182,24 @@ def pair(
                 continue
             amount = min(needy.spare, other.spare, ceiling)
             source, target = (other, needy) if needy_is_target else (needy, other)
+            same = next(
+                (
+                    i
+                    for i, p in enumerate(plans)
+                    if p.outgoing_chan_id == source.advice.chan_id
+                    and p.incoming_chan_id == target.advice.chan_id
+                ),
+                None,
+            )
+            if same is not None:
+                # One pair, one rebalance: top up the earlier plan as far as the ceiling allows.
+                amount = min(amount, ceiling - plans[same].amount_sat)
+                if amount <= 0:
+                    continue
+                plans[same] = msgspec.structs.replace(plans[same], amount_sat=plans[same].amount_sat + amount)
+                needy.spare -= amount
+                other.spare -= amount
+                continue
             plans.append(
                 PlannedRebalance(
                     outgoing_chan_id=source.advice.chan_id,
@@ -197,5 +220,27 @@ def pair(
     leftovers.sort(key=lambda p: (-p.advice.priority, -p.advice.ratio))
     for source in leftovers:
         match(source, sinks, needy_is_target=False)
+    # Surplus still left once every channel below the target is full: balanced channels
+    # may take it up to halfway between the target and max_ratio, which brings the
+    # surplus channel into bounds without pushing anyone out of them.
+    # Only for channels still out of bounds after the first passes.
+    leftovers = [
+        p for p in leftovers if p.advice.local_sat - _given(p, plans) > settings.max_ratio * total(p.advice)
+    ]
+    if any(p.spare >= floor for p in leftovers):
+        delta: dict[int, int] = {}
+        for p in plans:
+            delta[p.incoming_chan_id] = delta.get(p.incoming_chan_id, 0) + p.amount_sat
+            delta[p.outgoing_chan_id] = delta.get(p.outgoing_chan_id, 0) - p.amount_sat
+        ceiling_ratio = (settings.target_ratio + settings.max_ratio) / 2
+        overflow = [
+            _Pool(a, int(ceiling_ratio * total(a)) - a.local_sat - delta.get(a.chan_id, 0))
+            for a in usable
+            if a.status == "balanced"
+        ]
+        overflow = [p for p in overflow if p.spare >= floor]
+        overflow.sort(key=lambda p: p.advice.ratio)
+        for source in leftovers:
+            match(source, overflow, needy_is_target=False)
     plans.sort(key=lambda p: (-p.priority, -p.amount_sat))
     return plans

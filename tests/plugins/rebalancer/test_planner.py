@@ -86,10 +86,23 @@ def test_pair_respects_amount_limits_and_same_peer() -> None:
 def test_surplus_drains_into_channels_below_target() -> None:
     s = RebalancerSettings()
     plans = pair(advise([chan(1, 950_000), chan(2, 400_000)], s), s)
-    assert [(p.outgoing_chan_id, p.incoming_chan_id, p.amount_sat) for p in plans] == [(1, 2, 100_000)]
+    # To the target, then (chan 1 still at 0.85) on to halfway between target and max.
+    assert [(p.outgoing_chan_id, p.incoming_chan_id, p.amount_sat) for p in plans] == [(1, 2, 250_000)]
+    plans = pair(advise([chan(1, 850_000), chan(2, 200_000), chan(3, 500_000)], s), s)
+    # Back in bounds after the first pass: balanced channels are left alone.
+    assert [(p.outgoing_chan_id, p.incoming_chan_id, p.amount_sat) for p in plans] == [(1, 2, 300_000)]
 
 
 @pytest.mark.parametrize("busy", [[1], [2]])
 def test_busy_channels_are_skipped(busy: list[int]) -> None:
     s = RebalancerSettings()
     assert pair(advise([chan(1, 100_000), chan(2, 900_000)], s), s, busy=busy) == []
+
+
+def test_surplus_overflows_into_balanced_channels_up_to_the_midpoint() -> None:
+    s = RebalancerSettings()
+    # Nothing below the target: the surplus goes to balanced channels, at most to 0.65.
+    plans = pair(advise([chan(1, 900_000), chan(2, 500_000), chan(3, 600_000)], s), s)
+    moved = {p.incoming_chan_id: p.amount_sat for p in plans}
+    assert moved == {2: 150_000, 3: 50_000}
+    assert all(p.outgoing_chan_id == 1 for p in plans)

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lightningd_py.plugins.rebalancer.settings import RebalancerSettings
 from pydantic import BaseModel
 
 from lightningd_py.config import load_config
 from lightningd_py.errors import ConfigError
-from lightningd_py.plugins.rebalancer.settings import RebalancerSettings
 
 REPO = Path(__file__).resolve().parents[3]
 
