@@ -207,7 +207,13 @@ class ExpiryTracker:
         cancelled or LND fails (``LndError``). Start it once the reader has loaded the
         tracked set."""
         self._wake = anyio.Event()
-        self._to_follow.update(h for h, e in self._open.items() if e.hold)
+        # Followers of an earlier connection are gone (even those cancelled before
+        # they ran): follow every hold invoice again.
+        self._following = 0
+        for payment_hash, entry in self._open.items():
+            entry.followed = False
+            if entry.hold:
+                self._to_follow.add(payment_hash)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._sweeps, stubs)

@@ -509,6 +509,7 @@ async def test_repeated_htlc_events_are_journaled_once(sim: SimnetProcess, tmp_p
         await store.close()
 
 
+@pytest.mark.slow
 async def test_burst_settle_throughput(sim: SimnetProcess, tmp_path: Path) -> None:
     """Prints events/s from a 20,000-invoice burst-settle into the journal (not asserted)."""
     count = 20_000
