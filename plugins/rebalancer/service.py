@@ -61,6 +61,7 @@ class RebalancerService:
         self._wake = anyio.Event()
         self._last_api_round = 0.0
         self._backup_lock = anyio.Lock()
+        self.backup_error: str | None = None
 
     @property
     def snapshot(self) -> Any:
@@ -256,7 +257,13 @@ class RebalancerService:
             # Replays after a restart must not put an older backup over a newer one.
             if event.id and event.id <= await self.ledger.last_backup_event():
                 return
-            done = await anyio.to_thread.run_sync(write_backup, b.path, event.multi_chan_backup, b.keep)
+            try:
+                done = await anyio.to_thread.run_sync(write_backup, b.path, event.multi_chan_backup, b.keep)
+            except OSError as exc:
+                # Raised again so the event is retried; health says so meanwhile.
+                self.backup_error = f"{b.path}: {exc.strerror or exc}"
+                raise
+            self.backup_error = None
             await self.ledger.record_backup(
                 event.id, str(done.path), done.size, len(event.chan_points), done.sha256
             )
@@ -269,7 +276,9 @@ class RebalancerService:
         snap = self.engine.snapshot
         b = self.settings.backup
         return {
-            "ok": True,
+            # A backup that cannot be written is worth waking someone for.
+            "ok": self.backup_error is None,
+            "backup_error": self.backup_error,
             "scheduler_running": self.scheduler_running,
             "budget_remaining_msat": max(
                 0, snap.budget_limit_msat - snap.budget_spent_msat - snap.budget_reserved_msat

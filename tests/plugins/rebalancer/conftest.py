@@ -59,6 +59,22 @@ class Api:
         assert status == 200, (method, path, status, answer)
         return answer
 
+    def events(self, types: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The first ``count`` journaled events of ``types`` from the SSE stream."""
+        request = urllib.request.Request(
+            f"{self.base}/v1/events?types={types}&last_event_id=0",
+            headers={"Authorization": f"Bearer {self.tokens['readonly']}"},
+        )
+        found: list[dict[str, Any]] = []
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            for raw in response:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("data: "):
+                    found.append(json.loads(line[6:]))
+                    if len(found) >= count:
+                        break
+        return found
+
     def metrics_text(self, url: str) -> str:
         with urllib.request.urlopen(url, timeout=10) as response:
             return response.read().decode()

@@ -4,6 +4,7 @@ by simnet, with balances set through simnet's control API."""
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import tomllib
@@ -58,6 +59,10 @@ def test_depleted_channel_is_brought_to_target_within_the_fee_limit(simnet, star
     assert attempt["status"] == "succeeded" and attempt["fee_msat"] == result["fee_msat"]
     assert attempt["route"][0]["chan_id"] == surplus and attempt["route"][-1]["chan_id"] == depleted
 
+    (event,) = api.events("rebalance.*", 1)
+    assert event["type"] == "rebalance.succeeded" and event["rebalance_id"] == result["rebalance_id"]
+    assert event["fee_msat"] == result["fee_msat"] and event["amount_msat"] == result["moved_msat"]
+
     budget = api.ok("GET", "/v1/rebalance/budget", role="readonly")
     assert budget["spent_msat"] == result["fee_msat"] and budget["reserved_msat"] == 0
     text = api.metrics_text(daemon.metrics_url)
@@ -85,6 +90,9 @@ def test_no_route_within_the_fee_limit_pays_nothing_and_reports_failure(simnet, 
     assert amounts == [amounts[0], amounts[0] // 2, amounts[0] // 4]  # smaller after each failure
     assert all(a["status"] == "failed" and a["fee_msat"] == 0 for a in run["attempt_log"])
     assert api.ok("GET", "/v1/rebalance/budget", role="readonly")["used_msat"] == 0
+
+    (event,) = api.events("rebalance.*", 1)
+    assert event["type"] == "rebalance.failed" and event["failure_reason"] == "FAILURE_REASON_NO_ROUTE"
 
     # Both channels cool down after the failure.
     status, error = api.call(
@@ -333,3 +341,28 @@ def test_lifecycle_recommends_and_executes_only_when_enabled(simnet, start_rebal
     assert done["detail"].startswith("closing txid ")
     state = {int(c["chan_id"]): c for c in simnet.control.state()["channel_list"]}
     assert state[ids[0]]["status"] != "open"
+
+
+def test_sighup_reload_applies_the_new_table(simnet, start_rebalancer) -> None:
+    daemon, api = start_rebalancer(max_fee_ppm=100)
+    text = daemon.config.path.read_text().replace("max_fee_ppm = 100", "max_fee_ppm = 321")
+    assert "max_fee_ppm = 321" in text
+    daemon.config.path.write_text(text)
+    daemon.signal(signal.SIGHUP)
+    wait_for(
+        lambda: api.ok("GET", "/v1/rebalance/config", role="readonly")["max_fee_ppm"] == 321,
+        timeout=10,
+        interval=0.1,
+    )
+
+
+def test_unwritable_backup_path_makes_health_fail(simnet, start_rebalancer, tmp_path) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the backup directory should be")
+    _, api = start_rebalancer(backup={"path": str(blocked / "channel.backup")})
+
+    def check() -> dict[str, Any]:
+        return api.call("GET", "/v1/health", role="readonly")[1]["checks"]["rebalancer"]
+
+    wait_for(lambda: check()["backup_error"] is not None, timeout=10, interval=0.1)
+    assert check()["ok"] is False and str(blocked) in check()["backup_error"]
