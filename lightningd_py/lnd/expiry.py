@@ -29,6 +29,7 @@ from typing import Any
 
 import anyio
 import grpc
+import msgspec
 import structlog
 
 from ..errors import LndError
@@ -69,7 +70,6 @@ _SWEEP_LOOKUPS = 500
 @dataclass(slots=True)
 class _Open:
     created: InvoiceCreated
-    r_hash: bytes
     state: int
     hold: bool
     due: float
@@ -137,7 +137,7 @@ class ExpiryTracker:
 
     def track(self, inv: Any, created: InvoiceCreated | None = None) -> None:
         """Track an OPEN or ACCEPTED ``lnrpc.Invoice`` until it is closed."""
-        payment_hash = inv.r_hash.hex()
+        payment_hash = created.payment_hash if created is not None else inv.r_hash.hex()
         entry = self._open.get(payment_hash)
         if entry is not None:
             entry.state = inv.state
@@ -145,7 +145,11 @@ class ExpiryTracker:
         if created is None:
             created = convert.invoice_created(inv)
         due = float(created.expires_at)
-        entry = _Open(created, bytes(inv.r_hash), inv.state, convert.invoice_is_hold(inv), due)
+        # Kept to describe an invoice LND deleted; the payment request is most of its
+        # size and not needed for that.
+        slim = msgspec.structs.replace(created, payment_request="")
+        entry = _Open(slim, inv.state, convert.invoice_is_hold(inv), due)
+        payment_hash = slim.payment_hash  # one string shared by the entry and the indexes
         self._open[payment_hash] = entry
         heapq.heappush(self._by_add, (created.add_index, payment_hash))
         self._schedule(payment_hash, due)
@@ -265,7 +269,7 @@ class ExpiryTracker:
             if entry is None:
                 return
             async with limiter:
-                found[payment_hash] = await self._lookup(stubs, entry.r_hash)
+                found[payment_hash] = await self._lookup(stubs, bytes.fromhex(payment_hash))
 
         async with anyio.create_task_group() as tg:
             for payment_hash in hashes:
@@ -391,7 +395,7 @@ class ExpiryTracker:
             entry = self._open.get(payment_hash)
             if entry is None:
                 return
-            request = invoices_pb2.SubscribeSingleInvoiceRequest(r_hash=entry.r_hash)
+            request = invoices_pb2.SubscribeSingleInvoiceRequest(r_hash=bytes.fromhex(payment_hash))
             call = stubs.invoices.SubscribeSingleInvoice(request)
             async for inv in call:
                 entry = self._open.get(payment_hash)
