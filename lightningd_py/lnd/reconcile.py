@@ -206,27 +206,30 @@ async def reconcile_payments(
 class RecentForwards:
     """Settled forwards recently journaled from the HTLC stream, so that the same
     forward found again in ForwardingHistory (which has no HTLC ids) is not journaled
-    a second time. Bounded."""
+    a second time. Bounded: the oldest are dropped first."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_order", "_times")
 
     def __init__(self, size: int = 4096) -> None:
-        self._items: deque[tuple[int, int, int, int, int]] = deque(maxlen=size)
+        self._order: deque[tuple[int, int, int, int]] = deque(maxlen=size)
+        self._times: dict[tuple[int, int, int, int], deque[int]] = {}
 
     def add(self, chan_in: int, chan_out: int, amt_in: int, amt_out: int, ts_ns: int) -> None:
-        self._items.append((chan_in, chan_out, amt_in, amt_out, ts_ns))
+        key = (chan_in, chan_out, amt_in, amt_out)
+        order = self._order
+        if len(order) == order.maxlen:
+            old = order[0]
+            times = self._times.get(old)
+            if times:
+                times.popleft()
+                if not times:
+                    del self._times[old]
+        order.append(key)
+        self._times.setdefault(key, deque()).append(ts_ns)
 
     def seen(self, chan_in: int, chan_out: int, amt_in: int, amt_out: int, ts_ns: int) -> bool:
-        for cin, cout, ain, aout, ts in self._items:
-            if (
-                cin == chan_in
-                and cout == chan_out
-                and ain == amt_in
-                and aout == amt_out
-                and abs(ts - ts_ns) <= _FORWARD_MATCH_NS
-            ):
-                return True
-        return False
+        times = self._times.get((chan_in, chan_out, amt_in, amt_out))
+        return bool(times) and any(abs(ts - ts_ns) <= _FORWARD_MATCH_NS for ts in times)  # type: ignore[union-attr]
 
 
 async def reconcile_forwards(

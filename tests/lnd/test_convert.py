@@ -9,7 +9,7 @@ import pytest
 
 from lightningd_py import events as ev
 from lightningd_py.lnd import convert
-from lightningd_py.lnd.reconcile import IndexFloor
+from lightningd_py.lnd.reconcile import IndexFloor, RecentForwards
 from lightningd_py.lnd.rpc import lightning_pb2 as ln
 from lightningd_py.lnd.rpc import router_pb2
 
@@ -262,6 +262,16 @@ def test_index_floor_moves_only_through_contiguous_finished_payments() -> None:
     assert floor.finished(8) == 4
     assert floor.finished(5) == 8
     assert floor.finished(3) == 8
+
+
+def test_recent_forwards_match_within_seconds_and_stay_bounded() -> None:
+    recent = RecentForwards(size=3)
+    for i in range(5):
+        recent.add(1, 2, 1000, 990, i * 10_000_000_000)
+    assert not recent.seen(1, 2, 1000, 990, 0)  # evicted
+    assert recent.seen(1, 2, 1000, 990, 40_000_000_000 + 1_000_000_000)  # a second apart
+    assert not recent.seen(1, 2, 1000, 991, 40_000_000_000)
+    assert not recent.seen(1, 2, 1000, 990, 60_000_000_000)
 
 
 @pytest.mark.parametrize("n", [20_000])
