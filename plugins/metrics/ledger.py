@@ -4,7 +4,9 @@ Three tables, all owned by this plugin so its statistics never depend on another
 plugin's schema:
 
 * ``metrics_tx``: one row per invoice, payment, forward and rebalance, in its latest
-  state (the transaction history and every windowed statistic read it);
+  state (the transaction history and every windowed statistic read it; the time index
+  covers the statistics' columns and the history's keyset order, so neither touches
+  the table itself);
 * ``metrics_totals``: running totals per event type (count, amount, fee) behind the
   Prometheus activity counters, so they survive restarts instead of resetting;
 * ``metrics_channels`` and ``metrics_channel_samples``: what each channel was (peer,
@@ -61,7 +63,7 @@ MIGRATIONS = [
             event_id INTEGER NOT NULL,
             PRIMARY KEY (kind, key)
         ) WITHOUT ROWID;
-        CREATE INDEX metrics_tx_time ON metrics_tx (time, kind, key);
+        CREATE INDEX metrics_tx_time ON metrics_tx (time, kind, key, status, amount_msat, fee_msat);
         CREATE INDEX metrics_tx_kind_time ON metrics_tx (kind, time);
         CREATE INDEX metrics_tx_kind_created ON metrics_tx (kind, created);
         CREATE INDEX metrics_tx_hash ON metrics_tx (payment_hash) WHERE payment_hash != '';
