@@ -424,9 +424,9 @@ class PluginHost:
             attempt += 1
             started = time.perf_counter()
             try:
-                with anyio.fail_after(timeout):
-                    value = impl.function(*[{"daemon": rt.daemon, "event": event}[a] for a in impl.argnames])
-                    if inspect.isawaitable(value):
+                value = impl.function(*[rt.daemon if a == "daemon" else event for a in impl.argnames])
+                if inspect.isawaitable(value):
+                    with anyio.fail_after(timeout):
                         await value
             except anyio.get_cancelled_exc_class():
                 raise
