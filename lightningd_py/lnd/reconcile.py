@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
+import structlog
 
 from ..errors import LndError
 from ..events import Event
@@ -53,6 +54,8 @@ _FORWARD_PAGE = 10_000
 _FORWARD_MATCH_NS = 5_000_000_000
 
 _T = TypeVar("_T")
+
+_log = structlog.get_logger("lightningd_py.lnd.reconcile")
 
 
 class StreamEnded(LndError):
@@ -290,6 +293,7 @@ async def export_backups(stubs: Any, journal: JournalLike, settings: StreamSetti
         # LND answers "unable to find channel" style errors when there is nothing to
         # back up; that is not a connection problem.
         if exc.kind in ("not_found", "other") and exc.code not in ("UNAVAILABLE", "CANCELLED"):
+            _log.info("no channel backup to export", reason=exc.details)
             return False
         raise
     event = convert.backup_event(snapshot)
