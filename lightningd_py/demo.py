@@ -454,6 +454,15 @@ class DaemonProcess:
 
 # ---------------------------------------------------------------- the demo
 
+_say_lock = threading.Lock()
+
+
+def _say(line: str) -> None:
+    """One activity line; the receiver's and the activity's threads print concurrently."""
+    with _say_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
 
 class WebhookReceiver:
     """A local HTTP server that prints each webhook delivery (the demo's "backend")."""
@@ -470,7 +479,7 @@ class WebhookReceiver:
                 except ValueError:
                     kind = "?"
                 received.append(kind)
-                print(f"  webhook   {kind}  (id {self.headers.get('webhook-id', '?')})", flush=True)
+                _say(f"  webhook   {kind}  (id {self.headers.get('webhook-id', '?')})")
                 self.send_response(204)
                 self.end_headers()
 
@@ -539,20 +548,17 @@ def _activity(simnet: SimnetProcess, daemon: DaemonProcess, stop: threading.Even
                 {"amount_sat": amount, "memo": f"demo order #{round_}"},
             )
             simnet.control.settle_invoice(invoice["payment_hash"])
-            print(
-                f"  paid      {amount} sat for '{invoice['memo']}' ({invoice['payment_hash'][:12]}...)",
-                flush=True,
-            )
+            _say(f"  paid      {amount} sat for '{invoice['memo']}' ({invoice['payment_hash'][:12]}...)")
             if round_ % 3 == 0:
                 channels = [c for c in simnet.control.state()["channel_list"] if c["status"] == "open"]
                 incoming, outgoing = rng.sample(channels, 2)
                 amt = rng.randrange(10_000, 2_000_000)
                 fee = 1_000 + amt // 1_000
                 simnet.control.forward(incoming["chan_id"], outgoing["chan_id"], amt, fee_msat=fee)
-                print(f"  forward   {amt} msat, earned {fee} msat in fees", flush=True)
+                _say(f"  forward   {amt} msat, earned {fee} msat in fees")
         except (OSError, ValueError, KeyError, SimnetControlError) as exc:
             # The demo keeps going; say what failed (e.g. while LND "restarts").
-            print(f"  activity  failed: {type(exc).__name__}: {exc}", flush=True)
+            _say(f"  activity  failed: {type(exc).__name__}: {exc}")
 
 
 def run_demo(directory: Path | None = None, interval: float = 3.0) -> int:
