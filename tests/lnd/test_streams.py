@@ -373,6 +373,31 @@ async def test_channels_reconciled_after_reconnect(sim: SimnetProcess, tmp_path:
         assert_no_duplicates(await d.events())
 
 
+async def test_peer_channel_activity_and_backup_events(sim: SimnetProcess, tmp_path: Path) -> None:
+    async with daemon(sim, tmp_path / "db.sqlite") as d:
+        exported = await d.wait_events(ev.ChannelBackupUpdated, 1)  # ExportAllChannelBackups on connect
+        state = await d.control.state()
+        chan = next(c for c in state["channel_list"] if c["status"] == "open")
+        assert chan["channel_point"] in exported[0].chan_points and exported[0].multi_chan_backup
+        await d.control.set_channel_active(chan["chan_id"], False)
+        await d.wait_events(ev.ChannelInactive, 1, channel_point=chan["channel_point"])
+        await d.control.set_channel_active(chan["chan_id"], True)
+        await d.wait_events(ev.ChannelActive, 1, channel_point=chan["channel_point"])
+        await d.control.set_peer_online(chan["peer"], False)
+        await d.wait_events(ev.PeerOffline, 1, pubkey=chan["peer"])
+        await d.control.set_peer_online(chan["peer"], True)
+        await d.wait_events(ev.PeerOnline, 1, pubkey=chan["peer"])
+        opened = await d.control.open_channel(chan["peer"], 400_000, confirm=True)
+        backups = await d.wait_for(
+            lambda: _backups_with(d, opened["channel_point"])  # from SubscribeChannelBackups
+        )
+        assert backups[-1].multi_chan_backup != exported[0].multi_chan_backup
+
+
+async def _backups_with(d: Daemon, channel_point: str) -> list[Any]:
+    return [e for e in await d.events(ev.ChannelBackupUpdated) if channel_point in e.chan_points]
+
+
 async def test_payments_live_and_caught_up_with_list_payments(sim: SimnetProcess, tmp_path: Path) -> None:
     db = tmp_path / "db.sqlite"
     async with daemon(sim, db) as d:
