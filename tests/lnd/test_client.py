@@ -25,6 +25,21 @@ from lightningd_py.lnd.types import Payment
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def _one_event_loop(anyio_backend: str) -> AsyncIterator[None]:
+    """One event loop for the whole module, drained before it closes: grpc.aio delivers
+    the completions of calls that ``channel.close()`` cancelled a moment later, on the
+    loop that made them, and a closed loop turns them into errors in the next test."""
+    yield
+    await asyncio.sleep(0.2)
+
+
 MACAROON_HEX = "0201036c6e6402f801" + "ab" * 120
 
 

@@ -12,7 +12,7 @@ import re
 import ssl
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +26,20 @@ from lightningd_py.lnd.link import LndLink, Stubs, backoff_delay, channel_option
 from lightningd_py.lnd.rpc import lightning_pb2 as ln
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def _one_event_loop(anyio_backend: str) -> AsyncIterator[None]:
+    """One event loop for the whole module, drained before it closes: grpc.aio delivers
+    the completions of calls that ``channel.close()`` cancelled a moment later, on the
+    loop that made them, and a closed loop turns them into errors in the next test."""
+    yield
+    await asyncio.sleep(0.2)
 
 
 @dataclass(frozen=True)
