@@ -5,8 +5,9 @@ returns JSON-ready dicts. Windows are half-open, ``start <= time < end``, in UTC
 seconds. Amounts are reported in millisatoshi (``*_msat``) and satoshi (``*_sat``,
 possibly fractional).
 
-Payments that were a rebalance's own circular payment (the rebalance names its payment
-hash) are counted as rebalances, not as payments, so fees are never counted twice.
+A rebalance is a payment to an invoice of this node: that payment and that invoice
+(both named by the rebalance's payment hash) are counted as the rebalance, not as a
+payment and a received invoice, so no amount or fee is counted twice.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class Figures:
     count: int = 0
     amount_msat: int = 0
     fee_msat: int = 0
+
+    def negated(self) -> Figures:
+        return Figures(-self.count, -self.amount_msat, -self.fee_msat)
 
     def add(self, other: Figures) -> None:
         self.count += other.count
@@ -149,22 +153,40 @@ def activity(conn: sqlite3.Connection, start: float, end: float) -> Activity:
         (start, end),
     ):
         result.by[(row[0], row[1])] = Figures(row[2], row[3], row[4])
-    # Rebalance payments move to the rebalances' account.
-    for row in conn.execute(
-        "SELECT status, COUNT(*), COALESCE(SUM(amount_msat), 0), COALESCE(SUM(fee_msat), 0) FROM metrics_tx "
-        f"WHERE kind = 'payment' AND time >= ? AND time < ? AND payment_hash IN ({_REBALANCE_HASHES}) "
-        "GROUP BY status",
-        (start, end),
-    ):
-        figures = result.by.get(("payment", row[0]))
-        if figures is not None:
-            figures.add(Figures(-row[1], -row[2], -row[3]))
+    for (kind, status), figures in _rebalance_own(conn, start, end).items():
+        if (kind, status) in result.by:
+            result.by[(kind, status)].add(figures.negated())
     row = conn.execute(
         "SELECT COUNT(*) FROM metrics_tx WHERE kind = 'invoice' AND created >= ? AND created < ?",
         (start, end),
     ).fetchone()
-    result.invoices_created = row[0]
+    own = conn.execute(
+        "SELECT COUNT(*) FROM metrics_tx WHERE kind = 'invoice' AND created >= ? AND created < ? "
+        f"AND payment_hash IN ({_REBALANCE_HASHES})",
+        (start, end),
+    ).fetchone()
+    result.invoices_created = row[0] - own[0]
     return result
+
+
+def _rebalance_own(
+    conn: sqlite3.Connection, start: float, end: float, step: float | None = None
+) -> dict[Any, Figures]:
+    """The circular payments of rebalances and the invoices they paid, by (kind, status),
+    or by (bucket, kind, status) with ``step``. Looked up through the rebalances' own
+    payment hashes (few rows), so the window's other rows are never read."""
+    select, group = ("CAST((time - ?) / ? AS INTEGER) AS b, ", "b, ") if step is not None else ("", "")
+    params: tuple[Any, ...] = (start, step, start, end) if step is not None else (start, end)
+    out: dict[Any, Figures] = {}
+    for row in conn.execute(
+        f"SELECT {select}kind, status, COUNT(*), SUM(amount_msat), SUM(fee_msat) FROM metrics_tx "
+        f"WHERE payment_hash IN ({_REBALANCE_HASHES}) AND kind IN ('payment', 'invoice') "
+        f"AND time >= ? AND time < ? GROUP BY {group}kind, status",
+        params,
+    ):
+        *key, count, amount, fee = tuple(row)
+        out[tuple(key)] = Figures(count, amount, fee)
+    return out
 
 
 def breakdown(conn: sqlite3.Connection, start: float, end: float, step: float) -> list[dict[str, Any]]:
@@ -178,17 +200,9 @@ def breakdown(conn: sqlite3.Connection, start: float, end: float, step: float) -
         (start, step, start, end),
     ):
         buckets[row[0]][(row[1], row[2])] = Figures(row[3], row[4], row[5])
-    # Rebalance payments move to the rebalances' account (few rows: a separate query
-    # keeps the one above on the covering index).
-    for row in conn.execute(
-        f"SELECT {bucket} AS b, status, COUNT(*), SUM(amount_msat), SUM(fee_msat) FROM metrics_tx "
-        f"WHERE kind = 'payment' AND time >= ? AND time < ? AND payment_hash IN ({_REBALANCE_HASHES}) "
-        "GROUP BY b, status",
-        (start, step, start, end),
-    ):
-        figures = buckets[row[0]].get(("payment", row[1]))
-        if figures is not None:
-            figures.add(Figures(-row[2], -row[3], -row[4]))
+    for (b, kind, status), figures in _rebalance_own(conn, start, end, step).items():
+        if (kind, status) in buckets[b]:
+            buckets[b][(kind, status)].add(figures.negated())
     out = []
     count = max(1, int((end - start + step - 1) // step))
     for b in range(count):

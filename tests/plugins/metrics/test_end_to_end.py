@@ -111,13 +111,33 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any) -> None:
     )
     assert failed["status"] == "failed", failed
     fee_paid = paid["fee_msat"]
+    # A rebalance: a circular payment to an invoice of our own, through two channels.
+    out_chan, in_chan = channels[3], channels[4]
+    control.set_balance(out_chan["chan_id"], out_chan["capacity_sat"] * 900)
+    control.set_balance(in_chan["chan_id"], in_chan["capacity_sat"] * 100)
+    status, rebalance = api(
+        node,
+        "/v1/rebalance/execute",
+        "admin",
+        {
+            "outgoing_chan_id": int(out_chan["chan_id"]),
+            "incoming_chan_id": int(in_chan["chan_id"]),
+            "amount_sat": 10_000,
+            "max_fee_ppm": 20_000,
+            "dry_run": False,
+            "ignore_economics": True,
+        },
+    )
+    assert status == 200 and rebalance["status"] == "succeeded", rebalance
+    moved, rebalance_fee = rebalance["moved_msat"], rebalance["fee_msat"]
 
     def caught_up() -> Samples | None:
         _, s = scrape(node)
         done = (
             value(s, "lightningd_forwards_total", result="failed") == 1
             and value(s, "lightningd_payments_total", result="failed") == 1
-            and value(s, "lightningd_invoices_settled_total") == 2
+            and value(s, "lightningd_invoices_settled_total") == 3
+            and value(s, "lightningd_rebalances_total", result="succeeded") == 1
             and value(s, "lightningd_plugin_cursor_lag_events", plugin="metrics") == 0
         )
         return s if done else None
@@ -149,17 +169,21 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any) -> None:
     raw, s = scrape(node)
     promtool(raw)
 
-    assert value(s, "lightningd_invoices_created_total") == 3
-    assert value(s, "lightningd_invoices_created_msat_total") == 355_000
-    assert value(s, "lightningd_invoices_settled_msat_total") == 350_000
-    assert value(s, "lightningd_payments_total", result="succeeded") == 1
-    assert value(s, "lightningd_payments_msat_total", result="succeeded") == 1_000_000
+    # Prometheus counts what LND did: the rebalance's invoice and payment are in the
+    # invoice and payment counters too.
+    assert value(s, "lightningd_invoices_created_total") == 4
+    assert value(s, "lightningd_invoices_created_msat_total") == 355_000 + moved
+    assert value(s, "lightningd_invoices_settled_msat_total") == 350_000 + moved
+    assert value(s, "lightningd_payments_total", result="succeeded") == 2
+    assert value(s, "lightningd_payments_msat_total", result="succeeded") == 1_000_000 + moved
     assert value(s, "lightningd_payments_msat_total", result="failed") == 30_000
-    assert value(s, "lightningd_payments_fees_msat_total") == fee_paid
+    assert value(s, "lightningd_payments_fees_msat_total") == fee_paid + rebalance_fee
     assert value(s, "lightningd_forwards_total", result="settled") == 2
     assert value(s, "lightningd_forwards_msat_total") == 2_700_000
     assert value(s, "lightningd_forwards_fees_msat_total") == 1_500
-    assert value(s, "lightningd_rebalances_total", result="succeeded") == 0
+    assert value(s, "lightningd_rebalances_total", result="failed") == 0
+    assert value(s, "lightningd_rebalances_msat_total") == moved
+    assert value(s, "lightningd_rebalances_fees_msat_total") == rebalance_fee
     assert value(s, "lightningd_node_snapshot_up") == 1
     open_now = [ch for ch in state["channel_list"] if ch["status"] == "open"]
     assert value(s, "lightningd_node_channels", state="active") == sum(1 for ch in open_now if ch["active"])
@@ -197,10 +221,25 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any) -> None:
     assert (pays["incoming"]["settled"], pays["incoming"]["received_msat"]) == (2, 350_000)
     assert pays["fiat"] is None
 
+    # The analytics set the rebalance's own invoice and payment apart.
+    assert summary["today"]["rebalances"] | {"moved_sat": 0, "fees_sat": 0} == {
+        "succeeded": 1,
+        "failed": 0,
+        "dry_run": 0,
+        "moved_msat": moved,
+        "moved_sat": 0,
+        "fees_msat": rebalance_fee,
+        "fees_sat": 0,
+    }
+
     status, fees = api(node, "/v1/analytics/fees")
     assert status == 200
-    assert (fees["earned_msat"], fees["paid_msat"], fees["rebalance_msat"]) == (1_500, fee_paid, 0)
-    assert fees["net_msat"] == 1_500 - fee_paid
+    assert (fees["earned_msat"], fees["paid_msat"], fees["rebalance_msat"]) == (
+        1_500,
+        fee_paid,
+        rebalance_fee,
+    )
+    assert fees["net_msat"] == 1_500 - fee_paid - rebalance_fee
     comparison = fees["onchain_comparison"]
     if comparison["available"]:
         expected = round(comparison["fee_rate_sat_per_vbyte"] * 141, 3)
@@ -221,6 +260,9 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any) -> None:
         1,
     )
     assert (perf[a]["forwards_in"], perf[a]["volume_in_msat"]) == (1, 2_001_000)
+    rb_out, rb_in = perf[int(out_chan["chan_id"])], perf[int(in_chan["chan_id"])]
+    assert (rb_out["rebalanced_out_msat"], rb_out["rebalance_fees_msat"]) == (moved, rebalance_fee)
+    assert rb_in["rebalanced_in_msat"] == moved
     assert chans["totals"]["fees_earned_msat"] == 1_500
     assert perf[a]["samples"] >= 1 and perf[a]["uptime"] == 1.0
 
@@ -243,6 +285,8 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any) -> None:
         + [("forward", "settled")] * 2
         + [("forward", "failed")]
         + [("payment", "succeeded"), ("payment", "failed")]
+        # The rebalance, and the invoice and payment it consisted of.
+        + [("rebalance", "succeeded"), ("invoice", "settled"), ("payment", "succeeded")]
     )
     status, only = api(node, f"/v1/analytics/history?kind=forward&status=settled&chan_id={c}")
     assert [(i["amount_msat"], i["fee_msat"]) for i in only["items"]] == [(700_000, 500)]
@@ -250,6 +294,8 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any) -> None:
     status, report = api(node, "/v1/analytics/report?period=day")
     assert status == 200
     assert report["forwards"]["fees_earned_msat"] == 1_500 and len(report["breakdown"]) == 24
+    assert report["fees"]["net_msat"] == 1_500 - fee_paid - rebalance_fee
+    assert report["payments"]["succeeded"] == 1 and report["invoices"]["settled"] == 2
     assert sum(h["fees_earned_msat"] for h in report["breakdown"]) == 1_500
     assert report["top_channels"][0]["chan_id"] == b
 
@@ -263,7 +309,7 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any) -> None:
         node.api_url + "/v1/analytics/export?format=json&kind=invoice", node.tokens["readonly"]
     )
     exported = json.loads(raw)
-    assert sorted(i["amount_msat"] for i in exported) == [5_000, 100_000, 250_000]
+    assert sorted(i["amount_msat"] for i in exported) == sorted([5_000, 100_000, 250_000, moved])
 
 
 BAD_REQUESTS = [

@@ -118,6 +118,19 @@ def scripted_day() -> list[Event]:
             amt_out_msat=9_900,
             timestamp_ns=int((T0 + 420) * 1e9),
         ),
+        # The rebalance paid an invoice of this node: both sides are the rebalance's.
+        InvoiceCreated(
+            id=14, time=T0 + 299, payment_hash="p3", value_msat=500_000, creation_date=int(T0 + 299)
+        ),
+        InvoiceSettled(
+            id=15,
+            time=T0 + 300,
+            payment_hash="p3",
+            value_msat=500_000,
+            amt_paid_msat=500_000,
+            creation_date=int(T0 + 299),
+            settle_date=int(T0 + 300),
+        ),
     ]
 
 
@@ -148,8 +161,8 @@ async def test_totals_count_each_event_once_and_survive_a_restart(metrics_store)
             await ledger.record(event)
         await store.flush()
         expected = {
-            "invoice.created": (3, 355_000, 0),
-            "invoice.settled": (1, 100_000, 0),
+            "invoice.created": (4, 855_000, 0),
+            "invoice.settled": (2, 600_000, 0),
             "invoice.expired": (1, 5_000, 0),
             "payment.succeeded": (2, 1_500_000, 1_200),
             "payment.failed": (1, 50_000, 0),
@@ -200,7 +213,8 @@ async def test_window_statistics_match_the_scripted_day(metrics_store) -> None:
         act = await store.read(lambda c: analytics.activity(c, T0, T0 + DAY))
         outside = await store.read(lambda c: analytics.activity(c, T0 + DAY, T0 + 2 * DAY))
     assert outside.by == {} and outside.invoices_created == 0
-    # The rebalance's own payment (p3) counts as a rebalance, not as a payment.
+    # The rebalance's own payment and invoice (p3) count as the rebalance, not as a
+    # payment and a received invoice.
     assert act.payments() == {
         "succeeded": 1,
         "failed": 1,
@@ -323,7 +337,7 @@ async def test_history_pages_cover_everything_once_in_order(metrics_store) -> No
                 limit=10,
             )
         )
-    assert len(seen) == 11
+    assert len(seen) == 12
     assert [r["time"] for r in seen] == sorted((r["time"] for r in seen), reverse=True)
     assert {(r["kind"], r["status"]) for r in seen} >= {
         ("invoice", "settled"),
