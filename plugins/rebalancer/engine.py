@@ -138,6 +138,7 @@ class Rebalancer:
         # Reservations are also serialized by the store's single writer; the lock keeps
         # budget checks and reservations of this process in one order.
         self._budget_lock = anyio.Lock()
+        self._budget_changed = anyio.Event()
         self._chan_locks: dict[int, anyio.Lock] = {}
         self._round_lock = anyio.Lock()
 
@@ -354,28 +355,33 @@ class Rebalancer:
                     break
                 status, moved, max_fee, reason = "dry_run", amount, limit, ""
                 break
-            async with self._budget_lock:
-                held = await self.ledger.reserve(
-                    rebalance_id=rid,
-                    attempt=attempts,
-                    amount_msat=amount,
-                    max_fee_msat=limit,
-                    budget_msat=s.daily_budget_msat,
-                )
+            held = await self._reserve(rid, attempts, amount, limit)
             if held is None:
                 attempts -= 1
                 reason = "budget_exhausted"
                 break
-            attempt_id, limit = held
+            attempt_id, held_fee = held
+            # Less than the limit means the budget's last crumbs: a failure then is the
+            # budget's, not the channels'.
+            starved = held_fee < limit
+            limit = held_fee
             max_fee = max(max_fee, limit)
             await self.refresh_budget()
-            outcome = await self._pay(attempt_id, rid, plan, amount, limit)
+            try:
+                outcome = await self._pay(attempt_id, rid, plan, amount, limit)
+            finally:
+                # Whatever happened, attempts waiting for budget may look again.
+                self._budget_changed.set()
+                self._budget_changed = anyio.Event()
             payment_hash = outcome.payment_hash or payment_hash
             self.snapshot.attempts[outcome.status] = self.snapshot.attempts.get(outcome.status, 0) + 1
             if outcome.status == "succeeded":
                 status, moved, paid, reason = "succeeded", amount, outcome.fee_msat, ""
                 break
             reason = outcome.failure_reason
+            if starved and outcome.status == "failed" and reason in _RETRY_REASONS:
+                reason, cool = "budget_exhausted", False
+                break
             if outcome.status == "unknown" or outcome.failure_reason not in _RETRY_REASONS:
                 # Only a payment that failed on the network says something about the channels.
                 cool = outcome.failure_reason.startswith("FAILURE_REASON")
@@ -437,6 +443,38 @@ class Rebalancer:
             reason=reason,
         )
         return result
+
+    async def _reserve(self, rid: str, attempt: int, amount: int, limit: int) -> tuple[int, int] | None:
+        """Reserve the attempt's fee limit. While other attempts hold part of the budget,
+        wait for them to finish rather than fail or take a smaller limit; only when
+        nothing else is in flight does an attempt take what is left, or fail."""
+        s = self.settings
+        deadline = time.monotonic() + s.payment_timeout + 60
+        while True:
+            async with self._budget_lock:
+                held = await self.ledger.reserve(
+                    rebalance_id=rid,
+                    attempt=attempt,
+                    amount_msat=amount,
+                    max_fee_msat=limit,
+                    budget_msat=s.daily_budget_msat,
+                    partial=False,
+                )
+                if held is not None:
+                    return held
+                state = await self.ledger.budget(s.daily_budget_msat)
+                in_flight = state.reserved_msat > 0 and state.spent_msat < state.limit_msat
+                if not in_flight or time.monotonic() > deadline:
+                    return await self.ledger.reserve(
+                        rebalance_id=rid,
+                        attempt=attempt,
+                        amount_msat=amount,
+                        max_fee_msat=limit,
+                        budget_msat=s.daily_budget_msat,
+                    )
+                changed = self._budget_changed
+            with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+                await changed.wait()
 
     async def _pay(
         self, attempt_id: int, rid: str, plan: PlannedRebalance, amount: int, limit: int

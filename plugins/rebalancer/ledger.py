@@ -164,10 +164,17 @@ class Ledger:
     # ------------------------------------------------------------ budget
 
     async def reserve(
-        self, *, rebalance_id: str, attempt: int, amount_msat: int, max_fee_msat: int, budget_msat: int
+        self,
+        *,
+        rebalance_id: str,
+        attempt: int,
+        amount_msat: int,
+        max_fee_msat: int,
+        budget_msat: int,
+        partial: bool = True,
     ) -> tuple[int, int] | None:
-        """Insert an attempt holding ``max_fee_msat`` of the budget, or hold less when
-        less remains (never 0 unless ``max_fee_msat`` is 0).
+        """Insert an attempt holding ``max_fee_msat`` of the budget or, with ``partial``,
+        what is left when that is less (never 0 unless ``max_fee_msat`` is 0).
 
         :return: ``(attempt row id, reserved msat)``, or None when the budget has no room.
         """
@@ -176,9 +183,9 @@ class Ledger:
         def fn(conn: sqlite3.Connection) -> tuple[int, int] | None:
             used = conn.execute(_USED_SQL, (now - DAY,)).fetchone()[0]
             room = budget_msat - used
-            if room <= 0 and max_fee_msat > 0:
+            if room < max_fee_msat and not partial:
                 return None
-            if room < 0:
+            if room < 0 or (room == 0 and max_fee_msat > 0):
                 return None
             hold = min(max_fee_msat, room)
             cur = conn.execute(

@@ -153,7 +153,8 @@ def pair(
     """
     busy = set(busy)
     rows = [a for a in advice if a.chan_id not in busy]
-    usable = [a for a in rows if a.status in ("depleted", "surplus", "balanced")]
+    # A channel cooling down is neither filled nor used as a source.
+    usable = [a for a in rows if a.status in ("depleted", "surplus", "balanced") and not a.cooldown_until]
 
     def total(a: ChannelAdvice) -> int:
         return a.local_sat + a.remote_sat

@@ -106,3 +106,10 @@ def test_surplus_overflows_into_balanced_channels_up_to_the_midpoint() -> None:
     moved = {p.incoming_chan_id: p.amount_sat for p in plans}
     assert moved == {2: 150_000, 3: 50_000}
     assert all(p.outgoing_chan_id == 1 for p in plans)
+
+
+def test_a_balanced_channel_cooling_down_is_no_source() -> None:
+    s = RebalancerSettings()
+    chans = [chan(1, 100_000), chan(2, 700_000)]
+    assert pair(advise(chans, s), s)
+    assert pair(advise(chans, s, cooldowns={2: 2000.0}, now=1000.0), s) == []
