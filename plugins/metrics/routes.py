@@ -12,7 +12,7 @@ import io
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -39,9 +39,10 @@ if TYPE_CHECKING:
 
     from .runtime import MetricsRuntime
 
-__all__ = ["register_routes"]
+__all__ = ["fiat_values", "register_routes"]
 
 EXPORT_PAGE = 1000
+CENT = Decimal("0.01")
 _json = msgspec.json.Encoder()
 
 
@@ -164,11 +165,7 @@ class _Analytics:
         rate = await self._rate(currency, required=query_currency is not None)
         if rate is None:
             return None
-        values = {
-            name: float(round(Decimal(msat) * rate / Decimal(100_000_000_000), 2))
-            for name, msat in amounts.items()
-        }
-        return {"currency": currency, "rate": str(rate), **values}
+        return fiat_values(currency, rate, amounts)
 
     # ------------------------------------------------------------ endpoints
 
@@ -496,6 +493,16 @@ EXPORT_COLUMNS = (
     "description",
     "id",
 )
+
+
+def fiat_values(currency: str, rate: Decimal, amounts: dict[str, int]) -> dict[str, Any]:
+    """msat amounts in fiat at ``rate`` (the price of 1 BTC), rounded to cents."""
+    per_msat = rate / Decimal(100_000_000_000)
+    values = {
+        name: float((Decimal(msat) * per_msat).quantize(CENT, ROUND_HALF_UP))
+        for name, msat in amounts.items()
+    }
+    return {"currency": currency, "rate": str(rate), **values}
 
 
 def _csv_line(values: tuple[str, ...]) -> bytes:

@@ -339,3 +339,11 @@ def test_bad_parameters_name_the_field(ldp_daemon: Any) -> None:
     assert got == {path: (status, field) for path, status, field in BAD_REQUESTS}
     status, _, _ = http(ldp_daemon.api_url + "/v1/analytics/summary")
     assert status == 401
+
+
+def test_health_reports_the_endpoint_and_the_snapshot(node: Any) -> None:
+    status, _, raw = http(node.api_url + "/v1/health")
+    check = json.loads(raw)["checks"]["metrics"]
+    assert status == 200 and check["ok"] is True and check["node_snapshot_ok"] is True
+    assert check["listen"] == node.config.metrics_url.removeprefix("http://").removesuffix("/metrics")
+    assert 0 <= check["node_snapshot_age_seconds"] < 10

@@ -8,11 +8,13 @@ import os
 import shutil
 import subprocess
 import time
+from decimal import Decimal
 
 import aiohttp
 import pytest
 from lightningd_py.plugins.metrics.collectors import ActivityCollector, NodeCollector
 from lightningd_py.plugins.metrics.ledger import Total
+from lightningd_py.plugins.metrics.routes import fiat_values
 from lightningd_py.plugins.metrics.server import MetricsServer
 from lightningd_py.plugins.metrics.snapshot import ChannelState, NodeSnapshot, PollerStats, short_channel_id
 from prometheus_client import CollectorRegistry, generate_latest
@@ -239,3 +241,10 @@ def test_500_channels_collect_quickly() -> None:
     assert text.count(b"lightningd_channel_balance_ratio{") == 500
     # Generous bound for shared CI machines; bench/scrape.py measures the real figure.
     assert elapsed < 0.5
+
+
+def test_fiat_values_round_to_cents_from_msat() -> None:
+    # 1 BTC = 100,000,000,000 msat.
+    got = fiat_values("EUR", Decimal("43210.50"), {"sent": 1_000_000_000, "fees": 1_234, "received": 0})
+    assert got == {"currency": "EUR", "rate": "43210.50", "sent": 432.11, "fees": 0.0, "received": 0.0}
+    assert fiat_values("USD", Decimal("100000"), {"x": 250_000_000_000})["x"] == 250_000.0
