@@ -128,6 +128,10 @@ class LndLink:
     :param on_status: awaited with ``node`` after every change.
     :param info_interval: seconds between GetInfo refreshes while active (chain sync).
     :param rng: the random source for backoff jitter.
+
+    ``node.extra["link_error"]`` holds the kind of the failure that ended the last
+    connection (``"unreachable"``, ``"permission"``, ``"config"``, ...), ``""`` once a
+    connection is up again.
     """
 
     def __init__(
@@ -165,6 +169,7 @@ class LndLink:
 
     @property
     def active(self) -> bool:
+        """Whether LND is SERVER_ACTIVE and ``on_active`` runs."""
         return self._active.is_set()
 
     async def wait_active(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
@@ -230,7 +235,7 @@ class LndLink:
         for key, value in changed.items():
             setattr(node, key, value)
         node.since = time.time()
-        node.extra["error"] = self._error_kind
+        node.extra["link_error"] = self._error_kind
         log.info(
             "lnd status",
             state=node.state,
@@ -342,6 +347,7 @@ class LndLink:
                         activated = True
                         tasks.append(asyncio.create_task(run_active(stubs), name="lnd-on-active"))
                         tasks.append(asyncio.create_task(refresh_info(), name="lnd-getinfo"))
+                        self._active.set()
                     finish(
                         _SessionEnd(f"LND at {host} closed the connection (shutting down?)", "unreachable")
                     )
@@ -421,7 +427,6 @@ class LndLink:
             raise self._end_from(exc) from None
         self._stubs = stubs
         self._client.attach(stubs)
-        self._active.set()
         await self._update(
             state="SERVER_ACTIVE",
             reachable=True,

@@ -229,7 +229,7 @@ async def test_wrong_macaroon_is_permission(simnet: SimnetProcess, tmp_path: Pat
     forged = bytearray(simnet.admin_macaroon.read_bytes())
     forged[-1] ^= 0xFF  # breaks the signature
     async with Running(_settings(simnet, macaroon=bytes(forged).hex())) as run:
-        status = await run.status.wait_for(lambda s: s.extra.get("error") == "permission")
+        status = await run.status.wait_for(lambda s: s.extra.get("link_error") == "permission")
         assert status.reachable and not status.active
         assert status.detail.startswith(f"LND rejected the macaroon at {simnet.grpc}")
         assert bytes(forged).hex() not in status.detail
