@@ -404,6 +404,10 @@ class LndLink:
             return _SessionEnd(f"LND unreachable at {self._host}: {error.details}", "unreachable")
         if error.kind == "permission":
             return _SessionEnd(f"LND rejected the macaroon at {self._host}: {error.details}", "permission")
+        if error.code == "UNIMPLEMENTED":
+            return _SessionEnd(
+                f"LND at {self._host} has no State service (LND 0.13 or newer is required)", "other"
+            )
         if error.kind == "timeout":
             return _SessionEnd(f"LND at {self._host} did not answer in time", "timeout")
         return _SessionEnd(f"LND at {self._host}: {error.details}", error.kind)

@@ -328,3 +328,21 @@ async def test_stubs_state_channel_has_no_macaroon(simnet: SimnetProcess) -> Non
         assert stubs.state_channel is not stubs.channel
         assert "redacted" not in repr(stubs)  # no credentials in it at all
         assert isinstance(stubs.channel, grpc.aio.Channel)
+
+
+async def test_lnd_without_state_service_is_named(tmp_path: Path) -> None:
+    from lightningd_py.simnet.tls import ensure_tls
+
+    cert, key = ensure_tls(tmp_path)
+    server = grpc.aio.server()
+    port = server.add_secure_port(
+        "127.0.0.1:0", grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+    )
+    await server.start()
+    try:
+        settings = Settings(host=f"127.0.0.1:{port}", tls_cert=cert, macaroon="0201")
+        async with Running(settings) as run:
+            status = await run.status.wait_for(lambda s: "State service" in s.detail)
+            assert "LND 0.13 or newer is required" in status.detail
+    finally:
+        await server.stop(None)
