@@ -187,6 +187,13 @@ class Rebalancer:
         """
         s = self.settings
         now = time.time()
+        if amount_sat is not None and amount_sat < s.min_amount_sat:
+            raise RebalanceError(
+                "amount_too_small",
+                f"amount_sat must be at least min_amount_sat ({s.min_amount_sat})",
+                "amount_sat",
+                400,
+            )
         channels = {c.chan_id: c for c in await self.daemon.lnd.list_channels()}
         for name, chan_id in (("outgoing_chan_id", outgoing_chan_id), ("incoming_chan_id", incoming_chan_id)):
             if chan_id is not None:
@@ -204,19 +211,20 @@ class Rebalancer:
                     f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(cooldowns[chan_id]))}",
                     name,
                 )
+        if outgoing_chan_id is not None and incoming_chan_id is not None:
+            if channels[outgoing_chan_id].remote_pubkey == channels[incoming_chan_id].remote_pubkey:
+                raise RebalanceError(
+                    "same_peer",
+                    "the outgoing and incoming channels must be with different peers",
+                    "incoming_chan_id",
+                    400,
+                )
         if outgoing_chan_id is None or incoming_chan_id is None or amount_sat is None:
             plan = self._choose(channels, s, outgoing_chan_id, incoming_chan_id, cooldowns, now)
             outgoing_chan_id = plan.outgoing_chan_id
             incoming_chan_id = plan.incoming_chan_id
             amount_sat = amount_sat if amount_sat is not None else plan.amount_sat
         source, target = channels[outgoing_chan_id], channels[incoming_chan_id]
-        if source.chan_id == target.chan_id or source.remote_pubkey == target.remote_pubkey:
-            raise RebalanceError(
-                "same_peer",
-                "the outgoing and incoming channels must be with different peers",
-                "incoming_chan_id",
-                400,
-            )
         plan = PlannedRebalance(
             outgoing_chan_id=source.chan_id,
             incoming_chan_id=target.chan_id,

@@ -189,6 +189,31 @@ def test_dry_run_changes_nothing(simnet, start_rebalancer) -> None:
     assert status == 429 and error["error"]["code"] == "too_soon"
 
 
+def test_bad_requests_name_the_field(simnet, start_rebalancer) -> None:
+    _, api = start_rebalancer()
+    depleted, surplus, rest = _pair(simnet)
+    cases = [
+        (
+            {"outgoing_chan_id": 12345, "incoming_chan_id": depleted},
+            404,
+            "unknown_channel",
+            "outgoing_chan_id",
+        ),
+        ({"outgoing_chan_id": surplus, "incoming_chan_id": surplus}, 400, "same_peer", "incoming_chan_id"),
+        ({"amount_sat": 5}, 400, "amount_too_small", "amount_sat"),
+        ({"amount_sat": "lots"}, 400, "invalid_field", "amount_sat"),
+        ({"outgoing_chan_id": surplus, "bogus": 1}, 400, "unknown_field", "bogus"),
+        ({"outgoing_chan_id": rest[0], "incoming_chan_id": rest[1]}, 409, "nothing_to_move", "amount_sat"),
+    ]
+    for body, status, code, field in cases:
+        got, error = api.call("POST", "/v1/rebalance/execute", body)
+        assert (got, error["error"]["code"], error["error"]["field"]) == (status, code, field), body
+    assert api.call("POST", "/v1/rebalance/execute", {}, role="readonly")[0] == 403
+    assert api.call("POST", "/v1/rebalance/execute", {}, role="invoice")[0] == 403
+    assert api.call("GET", "/v1/rebalance/history?limit=0", role="readonly")[0] == 400
+    assert api.ok("GET", "/v1/rebalance/history", role="readonly")["rebalances"] == []
+
+
 def test_config_overrides_round_trip(simnet, start_rebalancer) -> None:
     daemon, api = start_rebalancer(max_fee_ppm=100)
     operator_file = daemon.config.path.read_text()
