@@ -46,8 +46,11 @@ class _Calls:
             "POST", "/invoices/settle", _body(payment_hash=h, amt_msat=amt_msat, chan_id=chan_id)
         )
 
-    def burst_settle(self, count: int, value_msat: int = 1000, memo: str = "burst") -> Any:
-        return self._call("POST", "/invoices/burst", _body(count=count, value_msat=value_msat, memo=memo))
+    def burst_settle(
+        self, count: int, value_msat: int = 1000, memo: str = "burst", notify_adds: bool = True
+    ) -> Any:
+        body = _body(count=count, value_msat=value_msat, memo=memo, notify_adds=notify_adds)
+        return self._call("POST", "/invoices/burst", body)
 
     def external_invoice(self, peer: str, value_msat: int, memo: str = "", expiry: int = 3600) -> Any:
         return self._call(

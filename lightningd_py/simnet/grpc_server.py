@@ -8,7 +8,7 @@ pre-serialized bytes (the invoice stream serializes once for all subscribers).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -116,10 +116,12 @@ def _unary(
 def _stream(
     impl: Callable[..., Any], path: str, gated: bool, macaroons: MacaroonKeeper, get_state: Callable[[], int]
 ) -> Callable[..., Any]:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    # Writing through context.write costs less per message than yielding from a generator.
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> None:
         if gated:
             await _gate(context, path, macaroons, get_state)
+        write = context.write
         async for item in impl(request, context):
-            yield item
+            await write(item)
 
     return handler

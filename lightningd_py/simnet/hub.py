@@ -84,6 +84,10 @@ class Hub(Generic[T]):
     def __len__(self) -> int:
         return len(self._subs)
 
+    def backlog(self) -> int:
+        """Updates queued but not yet taken by the slowest subscriber."""
+        return max((sub.queue.qsize() for sub in self._subs), default=0)
+
     def end_all(self) -> None:
         """End every subscriber's stream cleanly (what LND does on shutdown)."""
         for sub in list(self._subs):

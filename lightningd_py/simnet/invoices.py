@@ -136,6 +136,7 @@ class InvoiceRegistry:
         cltv_expiry: int = 0,
         private: bool = False,
         hold: bool = False,
+        notify: bool = True,
     ) -> InvoiceRecord:
         if value_msat < 0:
             raise InvoiceError("value: must not be negative", invalid=True)
@@ -190,7 +191,8 @@ class InvoiceRegistry:
         self.by_add.append(rec)
         self.by_hash[r_hash] = rec
         heapq.heappush(self._expiry_heap, (now + expiry, rec.add_index))
-        self._notify(rec)
+        if notify:
+            self._notify(rec)
         return rec
 
     # ---- state changes ------------------------------------------------------------
