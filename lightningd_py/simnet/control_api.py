@@ -216,9 +216,7 @@ class ControlServer:
             if i % 256 == 255:
                 await asyncio.sleep(0)
         created = time.perf_counter()
-        deadline = created + 120
-        while reg.stream.backlog() and time.perf_counter() < deadline:
-            await asyncio.sleep(0.005)
+        await reg.stream.wait_drained(120)
         drained = time.perf_counter()
         chan = self._inbound({}, value * count)
         for i, rec in enumerate(recs):
@@ -230,8 +228,7 @@ class ControlServer:
             chan.local_msat += value * count
             chan.received_msat += value * count
         settled = time.perf_counter()
-        while reg.stream.backlog() and time.perf_counter() < settled + 120:
-            await asyncio.sleep(0.005)
+        await reg.stream.wait_drained(120)
         delivered = time.perf_counter()
         return web.json_response(
             {

@@ -38,12 +38,14 @@ class Subscription(Generic[T]):
             # Make room for the terminator so the reader wakes up and ends the stream.
             while not self.queue.empty():
                 self.queue.get_nowait()
+                self.queue.task_done()
             self.queue.put_nowait(END)
 
     async def __aiter__(self) -> AsyncIterator[T]:
         try:
             while True:
                 item = await self.queue.get()
+                self.queue.task_done()
                 if item is END:
                     if self.overflowed:
                         raise SubscriberOverflow("subscriber fell too far behind")
@@ -54,6 +56,10 @@ class Subscription(Generic[T]):
 
     def close(self) -> None:
         self._hub.remove(self)
+        # Drop what was never read, so nobody waits on queue.join() for a gone reader.
+        while not self.queue.empty():
+            self.queue.get_nowait()
+            self.queue.task_done()
 
 
 class Hub(Generic[T]):
@@ -84,9 +90,14 @@ class Hub(Generic[T]):
     def __len__(self) -> int:
         return len(self._subs)
 
-    def backlog(self) -> int:
-        """Updates queued but not yet taken by the slowest subscriber."""
-        return max((sub.queue.qsize() for sub in self._subs), default=0)
+    async def wait_drained(self, limit: float) -> bool:
+        """Wait until every current subscriber took everything queued; False on timeout."""
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.gather(*(sub.queue.join() for sub in list(self._subs)))
+        except TimeoutError:
+            return False
+        return True
 
     def end_all(self) -> None:
         """End every subscriber's stream cleanly (what LND does on shutdown)."""
