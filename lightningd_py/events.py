@@ -238,6 +238,9 @@ class ForwardEvent(Event, frozen=True, kw_only=True):
         return self.amt_in_msat - self.amt_out_msat
 
     def dedupe_key(self) -> str | None:
+        if self.incoming_htlc_id == 0 and self.outgoing_htlc_id == 0:
+            # From ForwardingHistory, which carries no HTLC ids: the time tells forwards apart.
+            return f"{self.type}:{self.incoming_chan_id}:{self.outgoing_chan_id}:t{self.timestamp_ns}"
         return (
             f"{self.type}:{self.incoming_chan_id}:{self.incoming_htlc_id}:"
             f"{self.outgoing_chan_id}:{self.outgoing_htlc_id}"
