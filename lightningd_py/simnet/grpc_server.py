@@ -35,8 +35,8 @@ _STATE_ERRORS = {
     st.NON_EXISTING: "wallet not created, create one to enable full RPC access",
     st.LOCKED: "wallet locked, unlock it to enable full RPC access",
     st.UNLOCKED: "the RPC server is in the process of starting up, but not yet ready to accept calls",
-    st.RPC_ACTIVE: "the RPC server is in the process of starting up, but not yet ready to accept calls",
 }
+# LND's interceptor (rpcperms checkRPCState) lets calls through from RPC_ACTIVE on.
 
 
 def state_error(state: int) -> str | None:

@@ -255,22 +255,7 @@ class PaymentEngine:
         final_cltv: int,
     ) -> PaymentRecord:
         """Register the payment (IN_FLIGHT) and run it in the background; raises for duplicates."""
-        existing = self.by_hash.get(payment_hash)
-        if existing is not None:
-            if existing.status == S.SUCCEEDED:
-                raise InvoiceError("invoice is already paid")
-            if existing.status == S.IN_FLIGHT:
-                raise InvoiceError("payment is in transition")
-        rec = PaymentRecord(
-            payment_index=len(self.payments) + 1,
-            payment_hash=payment_hash,
-            value_msat=amt_msat,
-            payment_request=payment_request,
-            creation_time_ns=time.time_ns(),
-        )
-        self.payments.append(rec)
-        self.by_hash[payment_hash] = rec
-        self._publish(rec)
+        rec = self._register(payment_hash, amt_msat, payment_request)
         task = asyncio.create_task(
             self._run(
                 rec,
@@ -321,6 +306,11 @@ class PaymentEngine:
         except RouteError as exc:
             self._fail(rec, exc.reason)
             return
+        await self._attempt(rec, route, timeout_seconds)
+        del node
+
+    async def _attempt(self, rec: PaymentRecord, route: SimRoute, timeout_seconds: int) -> None:
+        """One HTLC along `route`: lock the amount, deliver, then settle or fail the payment."""
         out = route.out_chan
         self._attempt_id += 1
         now_ns = time.time_ns()
@@ -356,7 +346,66 @@ class PaymentEngine:
         rec.preimage = preimage
         rec.fee_msat = route.total_fees_msat
         self._publish(rec)
-        del node
+
+    def _register(self, payment_hash: bytes, amt_msat: int, payment_request: str) -> PaymentRecord:
+        existing = self.by_hash.get(payment_hash)
+        if existing is not None:
+            if existing.status == S.SUCCEEDED:
+                raise InvoiceError("invoice is already paid")
+            if existing.status == S.IN_FLIGHT:
+                raise InvoiceError("payment is in transition")
+        rec = PaymentRecord(
+            payment_index=len(self.payments) + 1,
+            payment_hash=payment_hash,
+            value_msat=amt_msat,
+            payment_request=payment_request,
+            creation_time_ns=time.time_ns(),
+        )
+        self.payments.append(rec)
+        self.by_hash[payment_hash] = rec
+        self._publish(rec)
+        return rec
+
+    def route_from_proto(self, route: ln.Route) -> SimRoute:
+        """A caller-built route (SendToRouteV2): first hop over one of our channels."""
+        if not route.hops:
+            raise RouteError(R.FAILURE_REASON_ERROR, "route: at least one hop is required")
+        out = self.node.channels.get(route.hops[0].chan_id)
+        if out is None or out.status != "open" or out.remote_pubkey != route.hops[0].pub_key:
+            raise RouteError(R.FAILURE_REASON_ERROR, "route: the first hop is not one of our open channels")
+        inc = None
+        if route.hops[-1].pub_key == self.node.pubkey:
+            inc = self.node.channels.get(route.hops[-1].chan_id)
+            if inc is None or inc.status != "open" or len(route.hops) < 2:
+                raise RouteError(
+                    R.FAILURE_REASON_ERROR, "route: the last hop is not one of our open channels"
+                )
+        hops = [
+            Hop(h.chan_id, h.pub_key, h.amt_to_forward_msat, h.fee_msat, h.expiry, h.chan_capacity)
+            for h in route.hops
+        ]
+        total_fees = sum(h.fee_msat for h in hops)
+        amt = hops[-1].amt_to_forward_msat
+        return SimRoute(hops, amt + total_fees, total_fees, route.total_time_lock or hops[0].expiry, out, inc)
+
+    async def send_to_route(self, payment_hash: bytes, route: SimRoute) -> ln.HTLCAttempt:
+        """SendToRouteV2: one attempt along the given route; returns the resolved attempt."""
+        rec = self._register(payment_hash, route.hops[-1].amt_to_forward_msat, "")
+        if route.out_chan.local_msat - _reserve_msat(route.out_chan) < route.total_amt_msat:
+            self._attempt_id += 1
+            attempt = ln.HTLCAttempt(
+                attempt_id=self._attempt_id,
+                status=ln.HTLCAttempt.FAILED,
+                route=route.to_proto(),
+                attempt_time_ns=time.time_ns(),
+                resolve_time_ns=time.time_ns(),
+            )
+            attempt.failure.code = ln.Failure.TEMPORARY_CHANNEL_FAILURE
+            rec.htlcs.append(attempt)
+            self._fail(rec, R.FAILURE_REASON_NO_ROUTE)
+            return attempt
+        await self._attempt(rec, route, 60)
+        return rec.htlcs[-1]
 
     async def _deliver(
         self, rec: PaymentRecord, route: SimRoute, timeout_seconds: int

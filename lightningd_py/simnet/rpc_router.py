@@ -157,3 +157,18 @@ class RouterServicer:
         return rt.RouteFeeResponse(
             routing_fee_msat=route.total_fees_msat, time_lock_delay=route.total_time_lock
         )
+
+    async def SendToRouteV2(
+        self, request: rt.SendToRouteRequest, context: grpc.aio.ServicerContext
+    ) -> ln.HTLCAttempt:
+        if len(request.payment_hash) != 32:
+            await context.abort(grpc.StatusCode.UNKNOWN, "payment_hash: expected 32 bytes")
+        try:
+            route = self.engine.route_from_proto(request.route)
+            return await self.engine.send_to_route(request.payment_hash, route)
+        except RouteError as exc:
+            await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
+            raise
+        except InvoiceError as exc:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+            raise

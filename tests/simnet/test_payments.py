@@ -181,3 +181,37 @@ def test_forward_emits_htlc_events_and_history(simnet: SimnetProc) -> None:
             assert report.day_fee_sum == 1
 
     asyncio.run(run())
+
+
+def test_query_routes_then_send_to_route(simnet: SimnetProc) -> None:
+    async def run() -> None:
+        async with simnet.channel() as ch:
+            lnd, router, _, _ = stubs(ch)
+            info = await lnd.GetInfo(ln.GetInfoRequest())
+            chans = (await lnd.ListChannels(ln.ListChannelsRequest())).channels
+            out = max(chans, key=lambda c: c.local_balance)
+            inc = max(
+                (c for c in chans if c.remote_pubkey != out.remote_pubkey), key=lambda c: c.remote_balance
+            )
+            invoice = await lnd.AddInvoice(ln.Invoice(value_msat=20_000_000))
+            routes = await lnd.QueryRoutes(
+                ln.QueryRoutesRequest(
+                    pub_key=info.identity_pubkey,
+                    amt_msat=20_000_000,
+                    outgoing_chan_id=out.chan_id,
+                    last_hop_pubkey=bytes.fromhex(inc.remote_pubkey),
+                )
+            )
+            route = routes.routes[0]
+            assert route.hops[0].chan_id == out.chan_id and route.hops[-1].pub_key == info.identity_pubkey
+            attempt = await router.SendToRouteV2(
+                rt.SendToRouteRequest(payment_hash=invoice.r_hash, route=route)
+            )
+            assert attempt.status == ln.HTLCAttempt.SUCCEEDED
+            assert hashlib.sha256(attempt.preimage).digest() == invoice.r_hash
+            got = await lnd.LookupInvoice(ln.PaymentHash(r_hash=invoice.r_hash))
+            assert got.state == ln.Invoice.SETTLED
+            payments = (await lnd.ListPayments(ln.ListPaymentsRequest())).payments
+            assert [p.fee_msat for p in payments] == [route.total_fees_msat]
+
+    asyncio.run(run())
