@@ -12,6 +12,7 @@ connection its calls fail at once with an ``LndError`` whose kind says why
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -313,6 +314,18 @@ def _segwit_v0_address(hrp: str, program: bytes) -> str:
     return hrp + "1" + "".join(charset[w] for w in words + checksum)
 
 
+def _task_cancelled() -> bool:
+    """Whether the current task is being cancelled (as opposed to a gRPC call of it)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _closed_under_call() -> LndError:
+    # grpc.aio raises CancelledError in the caller when the channel is closed under a
+    # call (the link reconnecting); that is a lost connection, not a cancelled caller.
+    return LndError("UNAVAILABLE", "the connection to LND closed during the call", "unreachable")
+
+
 # ---------------------------------------------------------------- the client
 
 
@@ -370,6 +383,10 @@ class LndClient:
             return await method(request, timeout=self._rpc_timeout if deadline is None else deadline)
         except (grpc.RpcError, grpc.aio.UsageError) as exc:
             raise classify(exc) from exc
+        except asyncio.CancelledError:
+            if _task_cancelled():
+                raise
+            raise _closed_under_call() from None
 
     async def _stream_until(
         self,
@@ -390,6 +407,10 @@ class LndClient:
             return None
         except (grpc.RpcError, grpc.aio.UsageError) as exc:
             raise classify(exc) from exc
+        except asyncio.CancelledError:
+            if _task_cancelled():
+                raise
+            raise _closed_under_call() from None
         finally:
             if call is not None:
                 call.cancel()

@@ -172,6 +172,35 @@ async def test_closed_channel_is_unreachable(server: tuple[Failing, Stubs]) -> N
     assert info.value.kind == "unreachable"
 
 
+async def test_channel_closed_during_a_call_is_unreachable_not_cancelled(
+    server: tuple[Failing, Stubs],
+) -> None:
+    servicer, stubs = server
+    servicer.delay = 3.0
+    client = LndClient.from_stubs(stubs, rpc_timeout=5)
+
+    async def close_soon() -> None:
+        await asyncio.sleep(0.2)
+        await stubs.channel.close()
+
+    closer = asyncio.create_task(close_soon())
+    with pytest.raises(LndError) as info:
+        await client.get_info()
+    await closer
+    assert info.value.kind == "unreachable"
+
+
+async def test_cancelling_the_caller_still_cancels(server: tuple[Failing, Stubs]) -> None:
+    servicer, stubs = server
+    servicer.delay = 3.0
+    client = LndClient.from_stubs(stubs, rpc_timeout=5)
+    task = asyncio.create_task(client.get_info())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def test_unconnected_client_raises_at_once() -> None:
     client = LndClient()
     assert not client.connected
