@@ -322,7 +322,7 @@ class ControlServer:
 
     async def forward(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        rec = self.sim.payments.forward(
+        rec = self.sim.htlcs.forward(
             self._channel(body, "in_chan"),
             self._channel(body, "out_chan"),
             _int(body, "amt_msat", minimum=1),

@@ -1,10 +1,10 @@
-"""Outgoing payments, circular self-payments and forwards over the simulated channels.
+"""Outgoing payments and circular self-payments over the simulated channels.
 
 Routes are built over our own channels plus a simulated network in which every two peers are
 connected (policy: 1000 msat base, 1 ppm). Fees follow each hop's policy, as LND computes them:
 the hop that forwards over a channel charges base + amt * ppm / 1e6 of the amount it forwards.
 A payment reports IN_FLIGHT, then SUCCEEDED or FAILED with LND's failure reasons; balances move
-only on success. HTLC events for sends, receives and forwards follow LND's htlcswitch notifier.
+only on success. HTLC events go through htlcs.HtlcNotifier.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from lightningd_py.lnd.rpc import lightning_pb2 as ln
 from lightningd_py.lnd.rpc import router_pb2 as rt
 from lightningd_py.simnet.channels import ChannelBook
+from lightningd_py.simnet.htlcs import HtlcNotifier, reserve_msat
 from lightningd_py.simnet.hub import Hub
 from lightningd_py.simnet.invoices import ACCEPTED, CANCELED, SETTLED, InvoiceError
-from lightningd_py.simnet.node import ForwardRecord, NodeModel, SimChannel
+from lightningd_py.simnet.node import NodeModel, SimChannel
 
 __all__ = ["PaymentEngine", "PaymentRecord", "RouteError", "SimRoute"]
 
@@ -113,10 +114,6 @@ class PaymentRecord:
         )
 
 
-def _reserve_msat(chan: SimChannel) -> int:
-    return max(chan.capacity_sat // 100, 354) * 1000
-
-
 def _virtual_scid(a: str, b: str) -> int:
     lo, hi = sorted((a, b))
     h = int.from_bytes(hashlib.sha256(bytes.fromhex(lo) + bytes.fromhex(hi)).digest()[:4], "big")
@@ -128,8 +125,11 @@ def _net_fee(amt_msat: int) -> int:
 
 
 class PaymentEngine:
-    def __init__(self, node: NodeModel, channels: ChannelBook, latency: float = 0.005) -> None:
+    def __init__(
+        self, node: NodeModel, channels: ChannelBook, htlcs: HtlcNotifier, latency: float = 0.005
+    ) -> None:
         self.node = node
+        self.htlcs = htlcs
         self.channels = channels
         self.latency = latency
         self.payments: list[PaymentRecord] = []
@@ -171,7 +171,7 @@ class PaymentEngine:
         in_chan: SimChannel | None = None
         if is_self:
             ins = [c for c in usable if not last_hop_pubkey or c.remote_pubkey == last_hop_pubkey]
-            ins = [c for c in ins if c.remote_msat - _reserve_msat(c) >= amt_msat]
+            ins = [c for c in ins if c.remote_msat - reserve_msat(c) >= amt_msat]
             if not ins:
                 raise RouteError(
                     R.FAILURE_REASON_NO_ROUTE, "no route: no inbound channel with enough liquidity"
@@ -179,7 +179,7 @@ class PaymentEngine:
         best: SimRoute | None = None
         total_out_bw = 0
         for out in candidates:
-            bandwidth = out.local_msat - _reserve_msat(out)
+            bandwidth = out.local_msat - reserve_msat(out)
             total_out_bw += max(0, bandwidth)
             options = (
                 [c for c in ins if c.chan_id != out.chan_id] if is_self else [None]  # type: ignore[list-item]
@@ -323,7 +323,7 @@ class PaymentEngine:
         rec.htlcs.append(attempt)
         out_htlc = out.next_htlc_id()
         out.local_msat -= route.total_amt_msat  # locked in the outgoing HTLC
-        self._htlc(rt.HtlcEvent.SEND, out_chan=out.chan_id, out_htlc=out_htlc, forward=rec.value_msat)
+        self.htlcs.event(rt.HtlcEvent.SEND, out_chan=out.chan_id, out_htlc=out_htlc, forward=rec.value_msat)
         self._publish(rec)
         await asyncio.sleep(self.latency)
         reason, preimage = await self._deliver(rec, route, timeout_seconds)
@@ -333,7 +333,7 @@ class PaymentEngine:
             out.local_msat += route.total_amt_msat
             attempt.status = ln.HTLCAttempt.FAILED
             attempt.failure.code = ln.Failure.INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS
-            self._htlc(rt.HtlcEvent.SEND, out_chan=out.chan_id, out_htlc=out_htlc, failed=True)
+            self.htlcs.event(rt.HtlcEvent.SEND, out_chan=out.chan_id, out_htlc=out_htlc, failed=True)
             self._fail(rec, reason)
             return
         out.remote_msat += route.total_amt_msat
@@ -341,7 +341,7 @@ class PaymentEngine:
         out.num_updates += 2
         attempt.status = ln.HTLCAttempt.SUCCEEDED
         attempt.preimage = preimage
-        self._htlc(rt.HtlcEvent.SEND, out_chan=out.chan_id, out_htlc=out_htlc, preimage=preimage)
+        self.htlcs.event(rt.HtlcEvent.SEND, out_chan=out.chan_id, out_htlc=out_htlc, preimage=preimage)
         rec.status = S.SUCCEEDED
         rec.preimage = preimage
         rec.fee_msat = route.total_fees_msat
@@ -391,7 +391,7 @@ class PaymentEngine:
     async def send_to_route(self, payment_hash: bytes, route: SimRoute) -> ln.HTLCAttempt:
         """SendToRouteV2: one attempt along the given route; returns the resolved attempt."""
         rec = self._register(payment_hash, route.hops[-1].amt_to_forward_msat, "")
-        if route.out_chan.local_msat - _reserve_msat(route.out_chan) < route.total_amt_msat:
+        if route.out_chan.local_msat - reserve_msat(route.out_chan) < route.total_amt_msat:
             self._attempt_id += 1
             attempt = ln.HTLCAttempt(
                 attempt_id=self._attempt_id,
@@ -449,123 +449,9 @@ class PaymentEngine:
         inc.local_msat += rec.value_msat
         inc.received_msat += rec.value_msat
         inc.num_updates += 2
-        self._htlc(rt.HtlcEvent.RECEIVE, in_chan=inc.chan_id, in_htlc=in_htlc, preimage=inv.r_preimage)
-        self._final(inc.chan_id, in_htlc)
+        self.htlcs.event(rt.HtlcEvent.RECEIVE, in_chan=inc.chan_id, in_htlc=in_htlc, preimage=inv.r_preimage)
+        self.htlcs.final(inc.chan_id, in_htlc)
         return None, inv.r_preimage
-
-    # ---- HTLC events ------------------------------------------------------------------
-    def _htlc(
-        self,
-        event_type: int,
-        *,
-        in_chan: int = 0,
-        in_htlc: int = 0,
-        out_chan: int = 0,
-        out_htlc: int = 0,
-        forward: int = 0,
-        forward_in: int = 0,
-        preimage: bytes = b"",
-        failed: bool = False,
-        link_fail: str = "",
-    ) -> None:
-        hub = self.node.htlc_events
-        if not len(hub):
-            return
-        ev = rt.HtlcEvent(
-            incoming_channel_id=in_chan,
-            outgoing_channel_id=out_chan,
-            incoming_htlc_id=in_htlc,
-            outgoing_htlc_id=out_htlc,
-            timestamp_ns=time.time_ns(),
-            event_type=event_type,
-        )
-        height = self.node.block_height
-        if link_fail:
-            ev.link_fail_event.info.CopyFrom(
-                rt.HtlcInfo(
-                    incoming_amt_msat=forward_in,
-                    outgoing_amt_msat=forward,
-                    incoming_timelock=height + 120,
-                    outgoing_timelock=height + 80,
-                )
-            )
-            ev.link_fail_event.wire_failure = ln.Failure.TEMPORARY_CHANNEL_FAILURE
-            ev.link_fail_event.failure_detail = rt.INSUFFICIENT_BALANCE
-            ev.link_fail_event.failure_string = link_fail
-        elif forward:
-            ev.forward_event.info.CopyFrom(
-                rt.HtlcInfo(
-                    incoming_amt_msat=forward_in,
-                    outgoing_amt_msat=forward,
-                    incoming_timelock=height + 120,
-                    outgoing_timelock=height + 80,
-                )
-            )
-        elif failed:
-            ev.forward_fail_event.SetInParent()
-        else:
-            ev.settle_event.preimage = preimage
-        hub.publish(ev)
-
-    def _final(self, chan_id: int, htlc_id: int) -> None:
-        hub = self.node.htlc_events
-        if len(hub):
-            ev = rt.HtlcEvent(
-                incoming_channel_id=chan_id, incoming_htlc_id=htlc_id, timestamp_ns=time.time_ns()
-            )
-            ev.final_htlc_event.settled = True
-            ev.final_htlc_event.offchain = True
-            hub.publish(ev)
-
-    def forward(
-        self, chan_in: SimChannel, chan_out: SimChannel, amt_out_msat: int, fee_msat: int, fail: bool = False
-    ) -> ForwardRecord | None:
-        """Simulate an HTLC forwarded from chan_in to chan_out; returns the history entry or None."""
-        amt_in = amt_out_msat + fee_msat
-        in_htlc = chan_in.next_htlc_id()
-        if (
-            chan_out.local_msat - _reserve_msat(chan_out) < amt_out_msat
-            or chan_in.remote_msat < amt_in
-            or chan_out.status != "open"
-            or not chan_out.active
-        ):
-            self._htlc(
-                rt.HtlcEvent.FORWARD,
-                in_chan=chan_in.chan_id,
-                in_htlc=in_htlc,
-                out_chan=chan_out.chan_id,
-                forward=amt_out_msat,
-                forward_in=amt_in,
-                link_fail="insufficient bandwidth",
-            )
-            return None
-        out_htlc = chan_out.next_htlc_id()
-        ids = {
-            "in_chan": chan_in.chan_id,
-            "in_htlc": in_htlc,
-            "out_chan": chan_out.chan_id,
-            "out_htlc": out_htlc,
-        }
-        self._htlc(rt.HtlcEvent.FORWARD, forward=amt_out_msat, forward_in=amt_in, **ids)
-        if fail:
-            self._htlc(rt.HtlcEvent.FORWARD, failed=True, **ids)
-            return None
-        preimage = hashlib.sha256(
-            b"forward" + chan_in.chan_id.to_bytes(8, "big") + in_htlc.to_bytes(8, "big")
-        ).digest()
-        chan_in.remote_msat -= amt_in
-        chan_in.local_msat += amt_in
-        chan_in.received_msat += amt_in
-        chan_out.local_msat -= amt_out_msat
-        chan_out.remote_msat += amt_out_msat
-        chan_out.sent_msat += amt_out_msat
-        chan_in.num_updates += 2
-        chan_out.num_updates += 2
-        self._htlc(rt.HtlcEvent.FORWARD, preimage=preimage, **ids)
-        self._final(chan_in.chan_id, in_htlc)
-        rec = ForwardRecord(time.time_ns(), chan_in.chan_id, chan_out.chan_id, amt_in, amt_out_msat)
-        self.node.forwards.append(rec)
-        return rec
 
     # ---- listing ----------------------------------------------------------------------
     def query(

@@ -19,6 +19,7 @@ import grpc
 from lightningd_py.lnd.rpc import stateservice_pb2 as st
 from lightningd_py.simnet.channels import CONFIRMATIONS, ChannelBook
 from lightningd_py.simnet.grpc_server import GRPC_OPTIONS, build_handlers
+from lightningd_py.simnet.htlcs import HtlcNotifier
 from lightningd_py.simnet.macaroons import MacaroonKeeper
 from lightningd_py.simnet.node import NodeModel
 from lightningd_py.simnet.payments import PaymentEngine
@@ -57,7 +58,8 @@ class Simnet:
             alias=config.alias, peers=config.peers, channels=config.channels, seed=config.seed
         )
         self.channels = ChannelBook(self.node)
-        self.payments = PaymentEngine(self.node, self.channels, latency=config.payment_latency)
+        self.htlcs = HtlcNotifier(self.node)
+        self.payments = PaymentEngine(self.node, self.channels, self.htlcs, latency=config.payment_latency)
         self.macaroons: MacaroonKeeper | None = None
         self.grpc_port = config.grpc_port
         self.control_port = config.control_port
