@@ -7,15 +7,12 @@ stream page by page, so their memory use does not grow with the history.
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from aiohttp import web
 
 from lightningd_py.errors import LndError
@@ -23,6 +20,7 @@ from lightningd_py.web import ApiError, ApiRequest, RouteRegistry
 
 from . import analytics
 from .analytics import IMBALANCED_HIGH, IMBALANCED_LOW, sat
+from .export import history_item, iso, stream_export
 from .queries import (
     ChannelQuery,
     ExportQuery,
@@ -41,17 +39,11 @@ if TYPE_CHECKING:
 
 __all__ = ["fiat_values", "register_routes"]
 
-EXPORT_PAGE = 1000
 CENT = Decimal("0.01")
-_json = msgspec.json.Encoder()
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _window_dict(start: float, end: float) -> dict[str, Any]:
-    return {"start": _iso(start), "end": _iso(end)}
+    return {"start": iso(start), "end": iso(end)}
 
 
 def register_routes(daemon: Daemon, router: RouteRegistry, runtime: Callable[[], MetricsRuntime]) -> None:
@@ -354,6 +346,9 @@ class _Analytics:
             "fiat": fiat,
         }
 
+    async def export(self, request: ApiRequest) -> web.StreamResponse:
+        return await stream_export(self._daemon.store, request)
+
     async def history(self, request: ApiRequest) -> dict[str, Any]:
         query: HistoryQuery = request.query
         start, end = query.bounds()
@@ -374,7 +369,7 @@ class _Analytics:
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         next_cursor = encode_cursor((rows[-1]["time"], rows[-1]["kind"], rows[-1]["key"])) if more else None
-        return {"items": [_history_item(r) for r in rows], "next_cursor": next_cursor}
+        return {"items": [history_item(r) for r in rows], "next_cursor": next_cursor}
 
     async def report(self, request: ApiRequest) -> dict[str, Any]:
         query: ReportQuery = request.query
@@ -416,83 +411,9 @@ class _Analytics:
                 for c, p in top
                 if p["fees_earned_msat"] > 0
             ],
-            "breakdown": [b | {"start": _iso(b["start"])} for b in buckets],
+            "breakdown": [b | {"start": iso(b["start"])} for b in buckets],
             "fiat": fiat,
         }
-
-    async def export(self, request: ApiRequest) -> web.StreamResponse:
-        query: ExportQuery = request.query
-        start, end = query.bounds()
-        kinds, statuses, chan = query.kinds, query.statuses, query.channel
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/csv; charset=utf-8" if query.format == "csv" else "application/json",
-                "Content-Disposition": f'attachment; filename="lightningd-history-{stamp}.{query.format}"',
-            }
-        )
-        response.enable_chunked_encoding()
-        await response.prepare(request.raw)
-        after: tuple[float, str, str] | None = None
-        first = True
-        if query.format == "json":
-            await response.write(b"[")
-        else:
-            await response.write(_csv_line(EXPORT_COLUMNS))
-        while True:
-            cursor = after
-            rows = await self._daemon.store.read(
-                lambda c, cursor=cursor: analytics.history_page(
-                    c,
-                    start=start,
-                    end=end,
-                    kinds=kinds,
-                    statuses=statuses,
-                    chan_id=chan,
-                    after=cursor,
-                    limit=EXPORT_PAGE,
-                    ascending=True,
-                )
-            )
-            if not rows:
-                break
-            if query.format == "json":
-                parts = [
-                    (b"" if first and i == 0 else b",") + _json.encode(_history_item(r))
-                    for i, r in enumerate(rows)
-                ]
-                await response.write(b"\n".join(parts))
-            else:
-                buf = io.StringIO()
-                writer = csv.writer(buf, lineterminator="\r\n")
-                for r in rows:
-                    item = _history_item(r)
-                    writer.writerow([item[k] if item[k] is not None else "" for k in EXPORT_COLUMNS])
-                await response.write(buf.getvalue().encode())
-            first = False
-            last = rows[-1]
-            after = (last["time"], last["kind"], last["key"])
-            if len(rows) < EXPORT_PAGE:
-                break
-        if query.format == "json":
-            await response.write(b"]\n")
-        await response.write_eof()
-        return response
-
-
-EXPORT_COLUMNS = (
-    "time",
-    "kind",
-    "status",
-    "amount_msat",
-    "fee_msat",
-    "payment_hash",
-    "chan_in",
-    "chan_out",
-    "created",
-    "description",
-    "id",
-)
 
 
 def fiat_values(currency: str, rate: Decimal, amounts: dict[str, int]) -> dict[str, Any]:
@@ -505,29 +426,6 @@ def fiat_values(currency: str, rate: Decimal, amounts: dict[str, int]) -> dict[s
     return {"currency": currency, "rate": str(rate), **values}
 
 
-def _csv_line(values: tuple[str, ...]) -> bytes:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\r\n").writerow(values)
-    return buf.getvalue().encode()
-
-
-def _history_item(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": f"{row['kind']}:{row['key']}",
-        "kind": row["kind"],
-        "status": row["status"],
-        "time": _iso(row["time"]),
-        "created": _iso(row["created"]),
-        "amount_msat": row["amount_msat"],
-        "amount_sat": sat(row["amount_msat"]),
-        "fee_msat": row["fee_msat"],
-        "payment_hash": row["payment_hash"] or None,
-        "chan_in": row["chan_in"] or None,
-        "chan_out": row["chan_out"] or None,
-        "description": row["description"],
-    }
-
-
 def _node_dict(snap: NodeSnapshot) -> dict[str, Any]:
     return {
         "alias": snap.alias,
@@ -538,7 +436,7 @@ def _node_dict(snap: NodeSnapshot) -> dict[str, Any]:
         "synced_to_chain": snap.synced_to_chain,
         "synced_to_graph": snap.synced_to_graph,
         "peers": snap.peers,
-        "snapshot_time": _iso(snap.taken_at) if snap.taken_at else None,
+        "snapshot_time": iso(snap.taken_at) if snap.taken_at else None,
     }
 
 
@@ -551,8 +449,8 @@ def _channel_identity(row: dict[str, Any]) -> dict[str, Any]:
         "peer_pubkey": row.get("peer_pubkey") or "",
         "peer_alias": row.get("peer_alias") or "",
         "capacity_sat": row.get("capacity_sat") or 0,
-        "opened": _iso(row["opened"]) if row.get("opened") else None,
-        "closed": _iso(row["closed"]) if row.get("closed") else None,
+        "opened": iso(row["opened"]) if row.get("opened") else None,
+        "closed": iso(row["closed"]) if row.get("closed") else None,
     }
 
 
