@@ -143,7 +143,8 @@ async def open_loop(
             due += interval
 
     await asyncio.gather(*(client(k, c) for k, c in enumerate(conns)))
-    result.seconds = seconds
+    # Answers that came late stretch the phase: the achieved rate counts that.
+    result.seconds = max(seconds, time.perf_counter() - start)
     return result
 
 

@@ -110,6 +110,7 @@ def add_invoice_routes(api: HttpApi, router: RouteRegistry) -> None:
     daemon = api.daemon
     tracker_name = "invoice_tracker"
     inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
+    lookups = records.InvoiceLookups(daemon.store)
 
     checked = [0.0]
 
@@ -231,7 +232,7 @@ def add_invoice_routes(api: HttpApi, router: RouteRegistry) -> None:
     async def get(req: ApiRequest) -> dict[str, Any]:
         require_tracker()
         payment_hash = check_payment_hash(req.path["payment_hash"])
-        invoice = await records.get_invoice(daemon.store, payment_hash)
+        invoice = await lookups.get(payment_hash)
         if invoice is None:
             raise ApiError(
                 404, "invoice_not_found", f"no invoice with payment_hash {payment_hash}", "payment_hash"

@@ -14,6 +14,7 @@ every function takes the caller's ``daemon.store``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -34,12 +35,14 @@ from lightningd_py.events import (
 if TYPE_CHECKING:
     import sqlite3
 
-    from lightningd_py.store import Migration, Store
+    from lightningd_py.store import Migration
+    from lightningd_py.store import StoreHandle as Store
 
 __all__ = [
     "FINAL_STATUSES",
     "STATUSES",
     "CreatedInvoice",
+    "InvoiceLookups",
     "InvoiceStatus",
     "apply_event",
     "creation_row",
@@ -328,6 +331,76 @@ async def get_invoice(store: Store, payment_hash: str) -> dict[str, Any] | None:
     """One invoice as a JSON-ready dict, or None when the tracker does not know it."""
     row = await store.fetchone(_SELECT_ONE, (payment_hash,))
     return row_to_invoice(row) if row is not None else None
+
+
+_RETRY = object()
+
+
+class InvoiceLookups:
+    """Point lookups by payment hash, batched: requests that arrive in the same event
+    loop turn share one read (``WHERE payment_hash IN (...)``), so a burst of lookups
+    costs one trip to a reader thread instead of one each.
+
+    The first caller of a batch leads it: it lets one loop turn pass for others to
+    join, then reads for all of them. No task is created.
+    """
+
+    MAX_BATCH = 500
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._open: dict[str, list[asyncio.Future[Any]]] | None = None
+
+    async def get(self, payment_hash: str) -> dict[str, Any] | None:
+        """One invoice as a JSON-ready dict, or None (see :func:`get_invoice`)."""
+        while True:
+            batch = self._open
+            if batch is not None and len(batch) < self.MAX_BATCH:
+                fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                batch.setdefault(payment_hash, []).append(fut)
+                value = await fut
+                if value is _RETRY:
+                    continue
+                return value  # type: ignore[no-any-return]
+            return await self._lead(payment_hash)
+
+    async def _lead(self, payment_hash: str) -> dict[str, Any] | None:
+        batch: dict[str, list[asyncio.Future[Any]]] = {payment_hash: []}
+        self._open = batch
+        try:
+            try:
+                await asyncio.sleep(0)
+            finally:
+                if self._open is batch:
+                    self._open = None
+            hashes = list(batch)
+            rows = await self._store.read(lambda conn: _select_many(conn, hashes))
+        except BaseException as exc:
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            for futures in batch.values():
+                for fut in futures:
+                    if not fut.done():
+                        # A leader cancelled (its client went away) lets the others retry.
+                        if cancelled:
+                            fut.set_result(_RETRY)
+                        else:
+                            fut.set_exception(exc)
+            raise
+        now = time.time()
+        found = {row[0]: row for row in rows}
+        for h, futures in batch.items():
+            row = found.get(h)
+            for fut in futures:
+                if not fut.done():
+                    fut.set_result(row_to_invoice(row, now) if row is not None else None)
+        row = found.get(payment_hash)
+        return row_to_invoice(row, now) if row is not None else None
+
+
+def _select_many(conn: sqlite3.Connection, hashes: list[str]) -> list[Any]:
+    marks = ",".join("?" * len(hashes))
+    sql = f"SELECT {_COLUMNS} FROM invoice_tracker_invoices WHERE payment_hash IN ({marks})"
+    return conn.execute(sql, hashes).fetchall()
 
 
 async def invoice_history(store: Store, payment_hash: str) -> list[dict[str, Any]]:

@@ -3,11 +3,13 @@ either order, history, redelivery, listing and cursors."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from lightningd_py.plugins.invoice_tracker import records
 
@@ -162,3 +164,35 @@ async def test_list_pages_with_cursor_and_filters(store: StoreHandle) -> None:
     with pytest.raises(ValueError):
         await records.list_invoices(store, cursor="not-a-cursor")
     assert await records.get_invoice(store, H2) is None
+
+
+async def test_batched_lookups_answer_each_caller(store: StoreHandle) -> None:
+    hashes = [f"{i:064x}" for i in range(40)]
+    await apply(store, *[created(h, i + 1) for i, h in enumerate(hashes)])
+    lookups = records.InvoiceLookups(store)
+    wanted = [*hashes, H2, hashes[3], hashes[3]]
+    results = await asyncio.gather(*(lookups.get(h) for h in wanted))
+    assert [r["payment_hash"] if r else None for r in results] == [*hashes, None, hashes[3], hashes[3]]
+    assert await lookups.get(hashes[0]) == await records.get_invoice(store, hashes[0])
+
+
+async def test_batched_lookup_survives_a_cancelled_leader(store: StoreHandle) -> None:
+    await apply(store, created())
+    lookups = records.InvoiceLookups(store)
+    async with anyio.create_task_group() as tg:
+        got: list[object] = []
+
+        async def follower() -> None:
+            got.append(await lookups.get(H1))
+
+        leader_scope = anyio.CancelScope()
+
+        async def leader() -> None:
+            with leader_scope:
+                await lookups.get(H1)
+
+        tg.start_soon(leader)
+        tg.start_soon(follower)
+        await anyio.lowlevel.checkpoint()
+        leader_scope.cancel()
+    assert got and got[0]["payment_hash"] == H1  # type: ignore[index]
