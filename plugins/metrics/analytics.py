@@ -29,6 +29,7 @@ __all__ = [
     "channel_series",
     "empty_performance",
     "history_page",
+    "imbalanced",
     "known_channel",
     "sat",
 ]
@@ -38,6 +39,11 @@ IMBALANCED_LOW = 0.2
 IMBALANCED_HIGH = 0.8
 
 _REBALANCE_HASHES = "SELECT payment_hash FROM metrics_tx WHERE kind = 'rebalance' AND payment_hash != ''"
+
+
+def imbalanced(ratio: float) -> bool:
+    """Whether a channel's local share is outside the healthy band."""
+    return not IMBALANCED_LOW <= ratio <= IMBALANCED_HIGH
 
 
 def sat(msat: int) -> float:

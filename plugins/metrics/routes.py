@@ -19,7 +19,7 @@ from lightningd_py.errors import LndError
 from lightningd_py.web import ApiError, ApiRequest, RouteRegistry
 
 from . import analytics
-from .analytics import IMBALANCED_HIGH, IMBALANCED_LOW, sat
+from .analytics import sat
 from .export import history_item, iso, stream_export
 from .queries import (
     ChannelQuery,
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["fiat_values", "register_routes"]
 
 CENT = Decimal("0.01")
+# What the listing says of a channel the snapshot does not have open.
+_NOT_OPEN = {"open": False, "active": False}
 
 
 def _window_dict(start: float, end: float) -> dict[str, Any]:
@@ -168,12 +170,7 @@ class _Analytics:
         now = time.time()
         midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         today = await self._activity(midnight, now + 1)
-        imbalanced = sum(
-            1
-            for c in snap.channels
-            if c.local_balance_sat + c.remote_balance_sat
-            and not IMBALANCED_LOW <= c.balance_ratio <= IMBALANCED_HIGH
-        )
+        imbalanced = sum(1 for c in snap.channels if analytics.imbalanced(c.balance_ratio))
         return {
             "node": _node_dict(snap)
             | {"lnd_state": node.state, "lnd_active": node.active, "lnd_detail": node.detail},
@@ -229,20 +226,17 @@ class _Analytics:
             (start,),
         )
         identities: dict[int, dict[str, Any]] = {r["chan_id"]: dict(r) for r in known}
-        live = {ch.chan_id: ch for ch in snap.channels}
         for ch in snap.channels:
             identities[ch.chan_id] = identities.get(ch.chan_id, {}) | _snapshot_identity(ch)
-        rows = {chan_id: _channel_identity(identity) for chan_id, identity in identities.items()}
-        for chan_id, ch in live.items():
-            rows[chan_id] |= _live_state(ch)
         for chan_id in perf:
-            rows.setdefault(chan_id, _channel_identity({"chan_id": chan_id}))
-        listing = []
-        for chan_id, row in rows.items():
-            p = perf.get(chan_id) or analytics.empty_performance()
-            row.setdefault("open", False)
-            row.setdefault("active", False)
-            listing.append(row | {"performance": _performance_dict(p)})
+            identities.setdefault(chan_id, {"chan_id": chan_id})
+        live = {ch.chan_id: _live_state(ch) for ch in snap.channels}
+        listing = [
+            _channel_identity(identity)
+            | live.get(chan_id, _NOT_OPEN)
+            | {"performance": _performance_dict(perf.get(chan_id) or analytics.empty_performance())}
+            for chan_id, identity in identities.items()
+        ]
         listing.sort(key=lambda r: (-r["performance"]["fees_earned_msat"], r["chan_id"]))
         open_rows = [r for r in listing if r["open"]]
         ratios = [r["balance_ratio"] for r in open_rows]
@@ -256,7 +250,7 @@ class _Analytics:
                 "capacity_sat": snap.capacity_sat,
                 "local_balance_sat": snap.local_balance_sat,
                 "remote_balance_sat": snap.remote_balance_sat,
-                "imbalanced": sum(1 for x in ratios if not IMBALANCED_LOW <= x <= IMBALANCED_HIGH),
+                "imbalanced": sum(1 for x in ratios if analytics.imbalanced(x)),
                 "average_balance_ratio": round(sum(ratios) / len(ratios), 6) if ratios else None,
                 "forwards": sum(r["performance"]["forwards_out"] for r in listing),
                 "fees_earned_msat": sum(r["performance"]["fees_earned_msat"] for r in listing),
@@ -289,9 +283,7 @@ class _Analytics:
         base = identity or {"chan_id": chan_id}
         if current is not None:
             base = base | _snapshot_identity(current)
-        row = _channel_identity(base) | (
-            _live_state(current) if current is not None else {"open": False, "active": False}
-        )
+        row = _channel_identity(base) | (_live_state(current) if current is not None else _NOT_OPEN)
         return row | {
             "window": _window_dict(start, end),
             "performance": _performance_dict(perf),
