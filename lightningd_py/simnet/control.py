@@ -84,6 +84,20 @@ class _Calls:
     def set_peer_online(self, peer: str, online: bool) -> Any:
         return self._call("POST", "/peers/online", _body(peer=peer, online=online))
 
+    def add_peer(self, alias: str) -> Any:
+        return self._call("POST", "/peers", _body(alias=alias))
+
+    def set_wallet(
+        self,
+        confirmed_sat: int | None = None,
+        unconfirmed_sat: int | None = None,
+        sat_per_vbyte: int | None = None,
+    ) -> Any:
+        body = _body(
+            confirmed_sat=confirmed_sat, unconfirmed_sat=unconfirmed_sat, sat_per_vbyte=sat_per_vbyte
+        )
+        return self._call("POST", "/wallet", body)
+
     def forward(
         self, in_chan: int | str, out_chan: int | str, amt_msat: int, fee_msat: int = 0, fail: bool = False
     ) -> Any:

@@ -320,6 +320,32 @@ class ControlServer:
         self.sim.channels.set_peer_online(pubkey, bool(body.get("online", True)))
         return web.json_response({"peer": pubkey, "online": self.node.peers[pubkey].online})
 
+    async def add_peer(self, request: web.Request) -> web.Response:
+        """A new peer connects to us (PEER_ONLINE); it can then get channels and issue invoices."""
+        body = await self._body(request)
+        alias = body.get("alias")
+        if not isinstance(alias, str) or not alias or len(alias) > 32:
+            raise BadRequest("alias: expected a name of 1-32 characters")
+        if any(p.alias == alias for p in self.node.peers.values()):
+            raise BadRequest(f"alias: a peer named {alias!r} exists")
+        peer = self.node.add_peer(alias)
+        self.node.peer_events.publish(ln.PeerEvent(pub_key=peer.pubkey, type=ln.PeerEvent.PEER_ONLINE))
+        return web.json_response({"pubkey": peer.pubkey, "alias": peer.alias, "address": peer.address})
+
+    async def set_wallet(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        node = self.node
+        node.wallet_confirmed_sat = _int(body, "confirmed_sat", node.wallet_confirmed_sat)
+        node.wallet_unconfirmed_sat = _int(body, "unconfirmed_sat", node.wallet_unconfirmed_sat)
+        node.fee_sat_per_vbyte = _int(body, "sat_per_vbyte", node.fee_sat_per_vbyte, minimum=1)
+        return web.json_response(
+            {
+                "confirmed_sat": node.wallet_confirmed_sat,
+                "unconfirmed_sat": node.wallet_unconfirmed_sat,
+                "sat_per_vbyte": node.fee_sat_per_vbyte,
+            }
+        )
+
     async def forward(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         rec = self.sim.htlcs.forward(
@@ -404,6 +430,8 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("POST", "/channels/balance", "set_balance", "{channel, local_msat}"),
     ("POST", "/channels/active", "set_channel_active", "{channel, active}"),
     ("POST", "/peers/online", "set_peer_online", "{peer, online}"),
+    ("POST", "/peers", "add_peer", "{alias} -> a new connected peer"),
+    ("POST", "/wallet", "set_wallet", "{confirmed_sat?, unconfirmed_sat?, sat_per_vbyte?}"),
     ("POST", "/forwards", "forward", "{in_chan, out_chan, amt_msat, fee_msat?, fail?}"),
     ("POST", "/payments/fail-next", "fail_next_payment", "{reason} -> the next payment fails with it"),
     ("POST", "/mine", "mine", "{blocks}"),

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from lightningd_py.lnd.rpc import lightning_pb2 as ln
+from lightningd_py.simnet.control import SimnetControlError
 
 from .conftest import SimnetProc, stubs
 
@@ -140,3 +141,26 @@ def test_policies_peers_and_node_calls(simnet: SimnetProc) -> None:
             assert routes.routes[0].hops[-1].pub_key == chan.remote_pubkey
 
     asyncio.run(run())
+
+
+def test_control_new_peer_wallet_and_errors(simnet: SimnetProc) -> None:
+    control = simnet.control
+    peer = control.add_peer("zed")
+    opened = control.open_channel("zed", 300_000, push_sat=1_000, confirm=True)
+    assert opened["status"] == "open"
+    state = control.state()
+    row = next(c for c in state["channel_list"] if c["chan_id"] == opened["chan_id"])
+    assert row["peer"] == peer["pubkey"] and row["local_msat"] == 299_000_000
+    assert control.set_wallet(confirmed_sat=5)["confirmed_sat"] == 5
+    with pytest.raises(SimnetControlError) as err:
+        control.open_channel("zed", 300_000)
+    assert err.value.status == 400 and "not enough witness outputs" in err.value.message
+    with pytest.raises(SimnetControlError) as err:
+        control.settle_invoice("abcd")
+    assert err.value.status == 400 and err.value.message.startswith("payment_hash:")
+    with pytest.raises(SimnetControlError) as err:
+        control.settle_invoice("00" * 32)
+    assert err.value.status == 404
+    with pytest.raises(SimnetControlError) as err:
+        control.forward("1:0", 5, 1000)
+    assert err.value.status == 404 and err.value.message.startswith("in_chan:")
