@@ -16,6 +16,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from lightningd_py.lnd.rpc import invoices_pb2, lightning_pb2, router_pb2, stateservice_pb2
 from lightningd_py.lnd.rpc import stateservice_pb2 as st
+from lightningd_py.simnet.hub import SubscriberOverflow
 from lightningd_py.simnet.macaroons import MacaroonDenied, MacaroonKeeper
 
 __all__ = ["GRPC_OPTIONS", "build_handlers", "state_error"]
@@ -121,7 +122,10 @@ def _stream(
         if gated:
             await _gate(context, path, macaroons, get_state)
         write = context.write
-        async for item in impl(request, context):
-            await write(item)
+        try:
+            async for item in impl(request, context):
+                await write(item)
+        except SubscriberOverflow as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 
     return handler
