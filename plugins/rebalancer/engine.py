@@ -101,6 +101,7 @@ class Snapshot:
     last_backup_time: float = 0.0
     backups_written: int = 0
     last_round: float = 0.0
+    round_in_progress: bool = False
     fee_updates: dict[str, int] = field(default_factory=lambda: {"applied": 0, "dry_run": 0, "failed": 0})
     scheduler_running: bool = False
 
@@ -546,7 +547,11 @@ class Rebalancer:
         """One automatic round: the top recommendations, ``parallel`` at a time, until
         the round's limit or the budget is reached."""
         async with self._round_lock:
-            return await self._round(mode, dry_run)
+            self.snapshot.round_in_progress = True
+            try:
+                return await self._round(mode, dry_run)
+            finally:
+                self.snapshot.round_in_progress = False
 
     async def _round(self, mode: str, dry_run: bool | None) -> RoundResult:
         s = self.settings

@@ -150,6 +150,7 @@ def register_routes(service: RebalancerService, router: RouteRegistry) -> None:
             "running": service.scheduler_running,
             "interval": service.settings.scheduler.interval,
             "last_round": service.snapshot.last_round or None,
+            "round_in_progress": service.snapshot.round_in_progress,
         }
 
     async def scheduler_start(req: ApiRequest) -> Any:

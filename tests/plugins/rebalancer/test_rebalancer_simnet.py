@@ -151,12 +151,14 @@ def test_scheduler_and_concurrent_runs_never_exceed_the_budget(simnet, start_reb
         t.start()
     for t in threads:
         t.join()
-    wait_for(
-        lambda: api.ok("GET", "/v1/rebalance/scheduler", role="readonly")["last_round"] is not None,
-        timeout=20,
-    )
-    wait_for(lambda: api.ok("GET", "/v1/rebalance/budget", role="readonly")["reserved_msat"] == 0, timeout=30)
+
+    def round_done() -> bool:
+        state = api.ok("GET", "/v1/rebalance/scheduler", role="readonly")
+        return state["last_round"] is not None and not state["round_in_progress"]
+
+    wait_for(round_done, timeout=30, interval=0.1)
     assert api.ok("POST", "/v1/rebalance/scheduler/stop")["running"] is False
+    assert api.ok("GET", "/v1/rebalance/budget", role="readonly")["reserved_msat"] == 0
 
     runs = api.ok("GET", "/v1/rebalance/history?limit=500", role="readonly")["rebalances"]
     paid = sum(r["fee_msat"] for r in runs)
