@@ -153,9 +153,10 @@ class Simnet:
                 ensure_tls(self.lnddir, regenerate=True)
             self.node.state = st.WAITING_TO_START
             await self._start_grpc()
-            if locked:
-                self.node.set_state(st.LOCKED)
-            else:
+            # Like LND with wallet-unlock-password-file: LOCKED briefly, then on to SERVER_ACTIVE.
+            await asyncio.sleep(self.config.state_step)
+            self.node.set_state(st.LOCKED)
+            if not locked:
                 await self._walk_to_active()
         finally:
             self.restarting = False
