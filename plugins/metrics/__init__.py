@@ -19,7 +19,15 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from lightningd_py.events import ChannelEvent, Event, ForwardEvent, InvoiceEvent, PaymentEvent, RebalanceEvent
+from lightningd_py.events import (
+    ChannelEvent,
+    Event,
+    ForwardEvent,
+    InvoiceEvent,
+    NodeStateEvent,
+    PaymentEvent,
+    RebalanceEvent,
+)
 from lightningd_py.hookspecs import hookimpl
 from lightningd_py.web import ApiError
 
@@ -45,6 +53,7 @@ __all__ = [
     "ldp_health",
     "ldp_invoice_event",
     "ldp_migrations",
+    "ldp_node_state",
     "ldp_payment_event",
     "ldp_register_metrics",
     "ldp_register_routes",
@@ -144,6 +153,12 @@ async def ldp_channel_event(daemon: Daemon, event: ChannelEvent) -> None:
     runtime = _runtimes[daemon]
     await runtime.ledger.record_channel(event)
     runtime.poller.poke()
+
+
+@hookimpl
+async def ldp_node_state(daemon: Daemon, event: NodeStateEvent) -> None:
+    if event.reachable:
+        _runtimes[daemon].poller.poke()
 
 
 @hookimpl

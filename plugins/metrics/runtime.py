@@ -84,7 +84,10 @@ class MetricsRuntime:
         runtime = cls(
             daemon=daemon,
             ledger=Ledger(daemon.store),
-            poller=SnapshotPoller(lambda: daemon.lnd, lambda: _settings(daemon).refresh_interval),
+            poller=SnapshotPoller(
+                lambda: daemon.lnd if daemon.node.active else None,
+                lambda: _settings(daemon).refresh_interval,
+            ),
             server=MetricsServer(daemon.registry, settings.listen),
         )
         runtime.poller.on_refresh = runtime.sample

@@ -145,15 +145,15 @@ class _Alias:
 class SnapshotPoller:
     """Keeps ``snapshot`` fresh.
 
-    :param lnd: a zero-argument callable returning the LND client (read on each refresh,
-        so a reconnect or config reload is picked up).
+    :param lnd: a zero-argument callable returning the LND client, or None while the link
+        is not active (LND down, locked or starting: nothing is asked of it then).
     :param interval: a zero-argument callable returning the refresh interval in seconds.
     :param on_refresh: awaited with each new snapshot (the plugin samples balances there).
     """
 
     def __init__(
         self,
-        lnd: Callable[[], LndClient],
+        lnd: Callable[[], LndClient | None],
         interval: Callable[[], float],
         on_refresh: Callable[[NodeSnapshot], Awaitable[None]] | None = None,
     ) -> None:
@@ -166,7 +166,7 @@ class SnapshotPoller:
         self.stats = PollerStats()
 
     def poke(self) -> None:
-        """Refresh as soon as possible (after a channel event)."""
+        """Refresh as soon as possible (after a channel event, or LND becoming active)."""
         self._wake.set()
 
     async def run(self) -> None:
@@ -180,6 +180,10 @@ class SnapshotPoller:
     async def refresh(self) -> None:
         """Take a new snapshot; on failure keep the last one and count the failure."""
         lnd = self._lnd()
+        if lnd is None:
+            self.stats.up = False
+            self.stats.last_error = "LND is not active"
+            return
         started = time.perf_counter()
         self.stats.last_attempt = time.time()
         try:

@@ -380,3 +380,17 @@ def test_counters_survive_a_crash_exactly(node: Any) -> None:
     status, page = api(node, "/v1/analytics/history?kind=invoice&status=settled")
     assert status == 200
     assert sorted(i["amount_msat"] for i in page["items"]) == sorted(amounts)
+
+
+def test_lnd_going_away_marks_the_snapshot_down_and_back(node: Any) -> None:
+    control = node.simnet.control
+    _, before = scrape(node)
+    control.lock()
+    node.wait_for(lambda: value(scrape(node)[1], "lightningd_node_snapshot_up") == 0, timeout=20)
+    _, s = scrape(node)
+    # The last good snapshot stays exported, with its age visible.
+    assert value(s, "lightningd_node_block_height") == value(before, "lightningd_node_block_height")
+    stamp = value(s, "lightningd_node_snapshot_timestamp_seconds")
+    control.unlock()
+    node.wait_for(lambda: value(scrape(node)[1], "lightningd_node_snapshot_up") == 1, timeout=20)
+    assert value(scrape(node)[1], "lightningd_node_snapshot_timestamp_seconds") > stamp
