@@ -71,13 +71,14 @@ class InvoiceRecord:
     htlcs: list[ln.InvoiceHTLC] = field(default_factory=list)
 
     def to_proto(self) -> ln.Invoice:
-        settled = self.state == SETTLED
-        inv = ln.Invoice(
+        # LND shows a hold invoice's preimage only once it knows it (at settlement): empty till then.
+        return ln.Invoice(
             memo=self.memo,
+            r_preimage=self.r_preimage,
             r_hash=self.r_hash,
             value=self.value_msat // 1000,
             value_msat=self.value_msat,
-            settled=settled,
+            settled=self.state == SETTLED,
             creation_date=self.creation_date,
             settle_date=self.settle_date,
             payment_request=self.payment_request,
@@ -93,18 +94,15 @@ class InvoiceRecord:
             state=self.state,
             htlcs=self.htlcs,
             payment_addr=self.payment_addr,
+            features=_INVOICE_FEATURES,
         )
-        # LND reveals the preimage of hold invoices only once it knows it (at settlement).
-        if self.r_preimage:
-            inv.r_preimage = self.r_preimage
-        for bit in bolt11.INVOICE_FEATURE_BITS:
-            inv.features[bit].CopyFrom(
-                ln.Feature(name=_FEATURE_NAMES[bit], is_required=bit % 2 == 0, is_known=True)
-            )
-        return inv
 
 
 _FEATURE_NAMES = {8: "tlv-onion", 14: "payment-addr", 17: "multi-path-payments"}
+_INVOICE_FEATURES = {
+    bit: ln.Feature(name=_FEATURE_NAMES[bit], is_required=bit % 2 == 0, is_known=True)
+    for bit in bolt11.INVOICE_FEATURE_BITS
+}
 
 
 class InvoiceRegistry:
