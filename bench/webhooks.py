@@ -29,7 +29,9 @@ import sys
 import tempfile
 import time
 from datetime import datetime
+from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -43,15 +45,29 @@ __all__ = ["main"]
 
 
 def run_receiver(port: int) -> None:
-    """Answer every POST with 204 and remember (arrival time, body) until asked."""
+    """Answer every POST with 204 and remember (arrival time, body) until asked; after
+    ``POST /refuse {"until": unix}`` answer 503 with that time as Retry-After instead."""
     from aiohttp import web
 
     arrivals: list[tuple[float, bytes]] = []
+    refusals = [0]
+    refuse_until = [0.0]
 
     async def hook(request: web.Request) -> web.Response:
         body = await request.read()
+        if time.time() < refuse_until[0]:
+            refusals[0] += 1
+            return web.Response(status=503, headers={"Retry-After": formatdate(refuse_until[0], usegmt=True)})
         arrivals.append((time.time(), body))
         return web.Response(status=204)
+
+    async def refuse(request: web.Request) -> web.Response:
+        refuse_until[0] = float((await request.json())["until"])
+        refusals[0] = 0
+        return web.json_response({})
+
+    async def refused(request: web.Request) -> web.Response:
+        return web.json_response({"refused": refusals[0]})
 
     async def stats(request: web.Request) -> web.Response:
         # Parsing happens here, between phases, so the receiver stays cheap while measured.
@@ -66,6 +82,8 @@ def run_receiver(port: int) -> None:
     app = web.Application()
     app.router.add_post("/hook", hook)
     app.router.add_get("/stats", stats)
+    app.router.add_post("/refuse", refuse)
+    app.router.add_get("/refused", refused)
     print("ready", flush=True)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
@@ -96,13 +114,16 @@ async def arrivals(
 async def idle(session: aiohttp.ClientSession, metrics_url: str) -> None:
     """Wait until every plugin has handled every journaled event, so that one phase's
     backlog in other plugins does not weigh on the next phase."""
-    while True:
+    deadline = time.monotonic() + 120
+    lags: list[str] = []
+    while time.monotonic() < deadline:
         async with session.get(metrics_url) as response:
             text = await response.text()
         lags = [line for line in text.splitlines() if line.startswith("lightningd_plugin_cursor_lag_events{")]
         if lags and all(line.rsplit(" ", 1)[1] in ("0", "0.0") for line in lags):
             return
         await asyncio.sleep(0.2)
+    raise SystemExit(f"the daemon's plugins did not catch up within 120 s: {lags}")
 
 
 async def run_bench(control_url: str, receiver: str, metrics_url: str, args: argparse.Namespace) -> list[str]:
@@ -128,6 +149,29 @@ async def run_bench(control_url: str, receiver: str, metrics_url: str, args: arg
             f"  the daemon's stream reader observed the last settlement after {observed - started:.2f} s "
             f"({len(got) / (observed - started):,.0f}/s); the last delivery came "
             f"{1000 * (last - observed):.0f} ms later"
+        )
+        await idle(session, metrics_url)
+
+        # The delivery stage alone: a backlog that falls due at one instant. The receiver
+        # refuses the first attempts with a Retry-After date; once every plugin is idle,
+        # that date arrives and the daemon has nothing to do but deliver.
+        until = int(time.time()) + 20
+        async with session.post(receiver + "/refuse", json={"until": until}):
+            pass
+        await ctl.burst_settle(args.burst, memo="backlog")
+        while True:
+            async with session.get(receiver + "/refused") as response:
+                if (await response.json())["refused"] >= args.burst:
+                    break
+            await asyncio.sleep(0.1)
+        await idle(session, metrics_url)
+        if time.time() >= until:
+            raise SystemExit("the backlog was not in place before it fell due; use a smaller --burst")
+        got = await arrivals(session, stats, args.burst, 180)
+        last = max(at for at, _ in got.values())
+        lines.append(
+            f"backlog: {len(got):,} deliveries due at once, delivered in {last - until:.2f} s = "
+            f"{len(got) / (last - until):,.0f} deliveries/s (from the due time to the last arrival)"
         )
         await idle(session, metrics_url)
 
@@ -175,20 +219,38 @@ def main(argv: list[str] | None = None) -> int:
         run_receiver(args.receiver)
         return 0
 
-    from lightningd_py.plugins.webhooks.signing import generate_secret
-
     port = free_port()
     receiver = subprocess.Popen(
         [sys.executable, __file__, "--receiver", str(port)], stdout=subprocess.PIPE, text=True
     )
+    try:
+        assert receiver.stdout is not None
+        if receiver.stdout.readline().strip() != "ready":
+            raise SystemExit("the receiver did not start")
+        print(
+            f"lightningd-py webhooks bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]} "
+            "(daemon, simnet, receiver and this driver share the machine)"
+        )
+        for label, others in (("every built-in plugin on", True), ("webhooks the only plugin", False)):
+            print(f"-- {label}")
+            for line in run_daemon(port, args, others):
+                print(line, flush=True)
+        print("goals: >= 1,000 deliveries/s; settle-to-delivery p50 < 10 ms")
+    finally:
+        receiver.terminate()
+        receiver.wait()
+    return 0
+
+
+def run_daemon(port: int, args: argparse.Namespace, others: bool) -> list[str]:
+    """One fresh simnet and daemon; ``others`` turns the other built-in plugins on."""
+    from lightningd_py.plugins.webhooks.signing import generate_secret
+
     with tempfile.TemporaryDirectory(prefix="ldp-bench-webhooks-") as tmp:
         root = Path(tmp)
         simnet = SimnetProcess(root / "simnet").start()
         daemon: DaemonProcess | None = None
         try:
-            assert receiver.stdout is not None
-            if receiver.stdout.readline().strip() != "ready":
-                raise SystemExit("the receiver did not start")
             endpoint = {
                 "name": "bench",
                 "url": f"http://127.0.0.1:{port}/hook",
@@ -197,7 +259,12 @@ def main(argv: list[str] | None = None) -> int:
                 "concurrency": args.concurrency,
             }
             metrics = f"127.0.0.1:{free_port()}"
-            metrics_url = f"http://{metrics}/metrics"
+            plugins: dict[str, Any] = {"webhooks": {"endpoints": [endpoint]}}
+            if not others:
+                plugins.update(
+                    {name: {"enabled": False} for name in ("http_api", "invoice_tracker", "rebalancer")}
+                )
+                # The metrics plugin stays: the bench reads the plugins' lag from it.
             data = daemon_config(
                 simnet,
                 root / "state",
@@ -205,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics_listen=metrics,
                 token_hashes={},
                 core={"log_level": "warning"},
-                plugins={"webhooks": {"endpoints": [endpoint]}},
+                plugins=plugins,
             )
             path = write_config(root / "config.toml", data)
             # LDP_BENCH_LAUNCHER, e.g. "python -m cProfile -o /tmp/daemon.prof -m lightningd_py.cli",
@@ -215,21 +282,13 @@ def main(argv: list[str] | None = None) -> int:
                 path, log_path=root / "daemon.log", state_dir=root / "state", launcher=launcher
             )
             daemon.start(timeout=30)
-            print(
-                f"lightningd-py webhooks bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]} "
-                "(daemon, simnet, receiver and this driver share the machine)"
+            return asyncio.run(
+                run_bench(simnet.control_url, f"http://127.0.0.1:{port}", f"http://{metrics}/metrics", args)
             )
-            lines = asyncio.run(run_bench(simnet.control_url, f"http://127.0.0.1:{port}", metrics_url, args))
-            for line in lines:
-                print(line, flush=True)
-            print("goals: >= 1,000 deliveries/s; settle-to-delivery p50 < 10 ms")
         finally:
             if daemon is not None:
                 daemon.close()
             simnet.stop()
-            receiver.terminate()
-            receiver.wait()
-    return 0
 
 
 if __name__ == "__main__":
