@@ -26,6 +26,7 @@ from lightningd_py.config import (
     write_override,
 )
 from lightningd_py.errors import ConfigError
+from lightningd_py.pluginhost import create_plugin_manager, plugin_schemas
 
 REPO = Path(__file__).resolve().parent.parent
 MACAROON_HEX = "0201036c6e6402f801030a10" * 8
@@ -214,8 +215,10 @@ def test_config_toml_example_validates_and_covers_every_setting(tmp_path):
     text = text.replace(data["lnd"]["tls_cert"], str(cert)).replace(data["lnd"]["macaroon"], str(macaroon))
     path = tmp_path / "config.toml"
     path.write_text(text)
-    schemas = {name: None for name in data["plugins"]}
-    config = load_config(path, schemas)
+    # Validated with the installed plugins' own models.
+    pm = create_plugin_manager()
+    assert pm.failures == []
+    config = load_config(path, plugin_schemas(pm))
     assert set(config.enabled) == {"invoice_tracker", "http_api", "webhooks", "metrics", "rebalancer"}
     commented = set(re.findall(r"^#\s*([a-z_]+)\s*=", text, re.M))
     for table, model in (("core", CoreSettings), ("lnd", LndSettings)):
