@@ -12,6 +12,7 @@ payment and a received invoice, so no amount or fee is counted twice.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -28,6 +29,7 @@ __all__ = [
     "channel_performance",
     "channel_series",
     "empty_performance",
+    "grouped",
     "history_page",
     "imbalanced",
     "known_channel",
@@ -37,6 +39,8 @@ __all__ = [
 # A channel whose local share is outside these bounds is reported as imbalanced.
 IMBALANCED_LOW = 0.2
 IMBALANCED_HIGH = 0.8
+
+HOUR = 3600
 
 _REBALANCE_HASHES = "SELECT payment_hash FROM metrics_tx WHERE kind = 'rebalance' AND payment_hash != ''"
 
@@ -152,13 +156,7 @@ class Activity:
 def activity(conn: sqlite3.Connection, start: float, end: float) -> Activity:
     """Counts and sums of every kind and status whose latest state falls in the window,
     and the invoices created in it."""
-    result = Activity()
-    for row in conn.execute(
-        "SELECT kind, status, COUNT(*), COALESCE(SUM(amount_msat), 0), COALESCE(SUM(fee_msat), 0) "
-        "FROM metrics_tx WHERE time >= ? AND time < ? GROUP BY kind, status",
-        (start, end),
-    ):
-        result.by[(row[0], row[1])] = Figures(row[2], row[3], row[4])
+    result = Activity(by=grouped(conn, start, end))
     for (kind, status), figures in _rebalance_own(conn, start, end).items():
         if (kind, status) in result.by:
             result.by[(kind, status)].add(figures.negated())
@@ -173,6 +171,47 @@ def activity(conn: sqlite3.Connection, start: float, end: float) -> Activity:
     ).fetchone()
     result.invoices_created = row[0] - own[0]
     return result
+
+
+def grouped(
+    conn: sqlite3.Connection, start: float, end: float, step: float | None = None
+) -> dict[Any, Figures]:
+    """Sums of ``metrics_tx`` in the window by (kind, status), or by (bucket, kind,
+    status) with ``step`` (buckets of ``step`` seconds from ``start``).
+
+    Whole hours come from ``metrics_tx_hourly``; only the rows of a partial first and
+    last hour are read from ``metrics_tx``. Hours are used only where they fall inside
+    one bucket (``start`` on an hour and ``step`` a multiple of an hour, as for reports).
+    """
+    out: dict[Any, Figures] = defaultdict(Figures)
+    first, last = math.ceil(start / HOUR), math.floor(end / HOUR)
+    aligned = step is None or (start % HOUR == 0 and step % HOUR == 0)
+    raw = [(start, end)]
+    if aligned and first < last:
+        raw = [(start, first * HOUR), (last * HOUR, end)]
+        select, group = ("CAST((hour * 3600 - ?) / ? AS INTEGER) AS b, ", "b, ") if step else ("", "")
+        params: tuple[Any, ...] = (start, step, first, last) if step else (first, last)
+        for row in conn.execute(
+            f"SELECT {select}kind, status, SUM(count), SUM(amount_msat), SUM(fee_msat) "
+            f"FROM metrics_tx_hourly WHERE hour >= ? AND hour < ? GROUP BY {group}kind, status",
+            params,
+        ):
+            *key, count, amount, fee = tuple(row)
+            if count:
+                out[tuple(key)].add(Figures(count, amount, fee))
+    select, group = ("CAST((time - ?) / ? AS INTEGER) AS b, ", "b, ") if step else ("", "")
+    for low, high in raw:
+        if low >= high:
+            continue
+        params = (start, step, low, high) if step else (low, high)
+        for row in conn.execute(
+            f"SELECT {select}kind, status, COUNT(*), SUM(amount_msat), SUM(fee_msat) FROM metrics_tx "
+            f"WHERE time >= ? AND time < ? GROUP BY {group}kind, status",
+            params,
+        ):
+            *key, count, amount, fee = tuple(row)
+            out[tuple(key)].add(Figures(count, amount, fee))
+    return dict(out)
 
 
 def _rebalance_own(
@@ -199,13 +238,8 @@ def breakdown(conn: sqlite3.Connection, start: float, end: float, step: float) -
     """Per-bucket (``step`` seconds, aligned to ``start``) received, sent, forwarded and
     fee figures, for a period report; buckets with no activity are included."""
     buckets: dict[int, dict[tuple[str, str], Figures]] = defaultdict(dict)
-    bucket = "CAST((time - ?) / ? AS INTEGER)"
-    for row in conn.execute(
-        f"SELECT {bucket} AS b, kind, status, COUNT(*), SUM(amount_msat), SUM(fee_msat) "
-        "FROM metrics_tx WHERE time >= ? AND time < ? GROUP BY b, kind, status",
-        (start, step, start, end),
-    ):
-        buckets[row[0]][(row[1], row[2])] = Figures(row[3], row[4], row[5])
+    for (b, kind, status), figures in grouped(conn, start, end, step).items():
+        buckets[b][(kind, status)] = figures
     for (b, kind, status), figures in _rebalance_own(conn, start, end, step).items():
         if (kind, status) in buckets[b]:
             buckets[b][(kind, status)].add(figures.negated())

@@ -7,6 +7,9 @@ plugin's schema:
   state (the transaction history and every windowed statistic read it; the time index
   covers the statistics' columns and the history's keyset order, so neither touches
   the table itself);
+* ``metrics_tx_hourly``: sums of ``metrics_tx`` per hour, kind and status, kept by
+  triggers (windowed statistics read hours, plus the rows of the window's partial
+  first and last hours);
 * ``metrics_totals``: running totals per event type (count, amount, fee) behind the
   Prometheus activity counters, so they survive restarts instead of resetting;
 * ``metrics_channels`` and ``metrics_channel_samples``: what each channel was (peer,
@@ -94,7 +97,44 @@ MIGRATIONS = [
         ) WITHOUT ROWID;
         CREATE INDEX metrics_channel_samples_time ON metrics_channel_samples (time);
         """,
-    )
+    ),
+    # Hourly sums of metrics_tx by kind and status, kept by triggers in the same
+    # statement as each write, so windowed statistics read hours, not rows.
+    Migration(
+        2,
+        """
+        CREATE TABLE metrics_tx_hourly (
+            hour INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            amount_msat INTEGER NOT NULL,
+            fee_msat INTEGER NOT NULL,
+            PRIMARY KEY (hour, kind, status)
+        ) WITHOUT ROWID;
+        INSERT INTO metrics_tx_hourly
+            SELECT CAST(time / 3600 AS INTEGER), kind, status, COUNT(*), SUM(amount_msat), SUM(fee_msat)
+            FROM metrics_tx GROUP BY 1, 2, 3;
+        CREATE TRIGGER metrics_tx_hourly_insert AFTER INSERT ON metrics_tx BEGIN
+            INSERT INTO metrics_tx_hourly
+            VALUES (CAST(NEW.time / 3600 AS INTEGER), NEW.kind, NEW.status, 1, NEW.amount_msat, NEW.fee_msat)
+            ON CONFLICT (hour, kind, status) DO UPDATE SET
+                count = count + 1, amount_msat = amount_msat + excluded.amount_msat,
+                fee_msat = fee_msat + excluded.fee_msat;
+        END;
+        CREATE TRIGGER metrics_tx_hourly_update AFTER UPDATE ON metrics_tx BEGIN
+            UPDATE metrics_tx_hourly
+            SET count = count - 1, amount_msat = amount_msat - OLD.amount_msat,
+                fee_msat = fee_msat - OLD.fee_msat
+            WHERE hour = CAST(OLD.time / 3600 AS INTEGER) AND kind = OLD.kind AND status = OLD.status;
+            INSERT INTO metrics_tx_hourly
+            VALUES (CAST(NEW.time / 3600 AS INTEGER), NEW.kind, NEW.status, 1, NEW.amount_msat, NEW.fee_msat)
+            ON CONFLICT (hour, kind, status) DO UPDATE SET
+                count = count + 1, amount_msat = amount_msat + excluded.amount_msat,
+                fee_msat = fee_msat + excluded.fee_msat;
+        END;
+        """,
+    ),
 ]
 
 # Later states win over earlier ones; a replayed "created" never downgrades a settled row.
