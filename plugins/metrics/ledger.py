@@ -31,6 +31,7 @@ from lightningd_py.events import (
     ChannelEvent,
     Event,
     ForwardEvent,
+    ForwardFailed,
     ForwardSettled,
     InvoiceEvent,
     InvoiceSettled,
@@ -289,7 +290,7 @@ def tx_row(event: Event) -> TxRow | None:
             chan_in=event.incoming_chan_id,
             chan_out=event.outgoing_chan_id,
             payment_hash="",
-            description=getattr(event, "failure", ""),
+            description=event.failure if isinstance(event, ForwardFailed) else "",
             event_id=event.id,
         )
     if isinstance(event, RebalanceEvent):
