@@ -63,10 +63,16 @@ EVENT_HOOKS = (
 
 @dataclass(frozen=True, slots=True)
 class LoadFailure:
-    """A plugin that could not be imported or registered."""
+    """A plugin that could not be imported or registered.
+
+    :ivar version: its distribution's version ("" when unknown).
+    :ivar origin: "built-in" or the name of the distribution that installed it.
+    """
 
     name: str
     reason: str
+    version: str = ""
+    origin: str = ""
 
 
 @dataclass(slots=True)
@@ -117,7 +123,11 @@ def create_plugin_manager(
         try:
             module = ep.load()
         except Exception as exc:
-            pm.failures.append(LoadFailure(ep.name, f"import failed: {type(exc).__name__}: {exc}"))
+            pm.failures.append(
+                LoadFailure(
+                    ep.name, f"import failed: {type(exc).__name__}: {exc}", _dist_version(ep), _origin(ep)
+                )
+            )
             continue
         _register(pm, ep.name, module, _dist_version(ep), _origin(ep))
     for name, obj in (extra or {}).items():
@@ -135,7 +145,7 @@ def _register(pm: PluginManager, name: str, module: Any, version: str, origin: s
     try:
         pm.register(module, name=name)
     except (pluggy.PluginValidationError, ValueError) as exc:
-        pm.failures.append(LoadFailure(name, f"registration failed: {exc}"))
+        pm.failures.append(LoadFailure(name, f"registration failed: {exc}", version, origin))
         return
     pm.infos[name] = PluginInfo(name, version, origin, module)
 
@@ -179,8 +189,18 @@ def describe_plugins(pm: PluginManager, config: Config | None = None) -> list[di
             {"name": name, "version": info.version, "origin": info.origin, "enabled": enabled, "hooks": hooks}
         )
     for failure in pm.failures:
+        # enabled is what the config asks for: an enabled plugin that failed to load
+        # stops the daemon under plugin_failure = "refuse".
+        enabled = config.enabled.get(failure.name, True) if config is not None else True
         rows.append(
-            {"name": failure.name, "version": "", "origin": "", "enabled": False, "error": failure.reason}
+            {
+                "name": failure.name,
+                "version": failure.version,
+                "origin": failure.origin,
+                "enabled": enabled,
+                "hooks": [],
+                "error": failure.reason,
+            }
         )
     return rows
 

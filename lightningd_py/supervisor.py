@@ -47,7 +47,9 @@ def load(config_path: Path) -> tuple[PluginManager, Config]:
     to load while ``[core] plugin_failure = "refuse"``.
     """
     pm = create_plugin_manager()
-    config = load_config(config_path, plugin_schemas(pm))
+    # Tables of plugins that failed to load are accepted unvalidated, so the policy
+    # below (not "no such plugin") decides.
+    config = load_config(config_path, plugin_schemas(pm), unavailable=_unavailable(pm))
     for failure in pm.failures:
         if not config.enabled.get(failure.name, True):
             continue
@@ -58,6 +60,10 @@ def load(config_path: Path) -> tuple[PluginManager, Config]:
             )
         log.error("plugin not loaded; starting without it", plugin=failure.name, reason=failure.reason)
     return pm, config
+
+
+def _unavailable(pm: PluginManager) -> dict[str, str]:
+    return {f.name: f.reason for f in pm.failures}
 
 
 def main(config_path: Path | str) -> int:
@@ -256,7 +262,9 @@ class Supervisor:
         assert self.host is not None
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
-            new, needs_restart = reload_config(self.config, plugin_schemas(self.pm))
+            new, needs_restart = reload_config(
+                self.config, plugin_schemas(self.pm), unavailable=_unavailable(self.pm)
+            )
         except ConfigError as exc:
             log.error("config reload rejected; keeping the running config", error=str(exc))
             self.notifier.send("READY=1")
