@@ -226,6 +226,7 @@ def register_routes(service: RebalancerService, router: RouteRegistry) -> None:
             GROUP,
             {
                 "body": ExecuteRequest,
+                "responses": {404: "No such open channel", 409: "The rebalance cannot start (see the code)"},
                 "summary": "Run one rebalance (a given pair and amount, or the top recommendation)",
             },
         ),
@@ -346,6 +347,7 @@ def register_routes(service: RebalancerService, router: RouteRegistry) -> None:
             GROUP,
             {
                 "body": LifecycleRequest,
+                "responses": {409: "Lifecycle actions are off, or this is not a current recommendation"},
                 "summary": "Execute one current lifecycle recommendation (needs lifecycle.enabled)",
             },
         ),

@@ -102,6 +102,10 @@ class RebalancerService:
 
         :raises ConfigRejected: naming each key at fault.
         """
+        backup = patch.get("backup")
+        if isinstance(backup, Mapping) and "path" in backup:
+            # An API token must not choose where the daemon writes files.
+            raise ConfigRejected([("backup.path", "can only be set in the config file")])
         config = self.daemon.config
         # The same merge the loader makes at the next start: operator's table, then overrides.
         operator, overrides = await anyio.to_thread.run_sync(_current_tables, config, self.daemon.name)

@@ -239,6 +239,8 @@ def test_config_overrides_round_trip(simnet, start_rebalancer) -> None:
     assert status == 400 and error["error"]["field"] == "body.max_fee_ppm"
     status, error = api.call("PUT", "/v1/rebalance/config", {"no_such_key": 1})
     assert status == 400 and error["error"]["field"] == "no_such_key"
+    status, error = api.call("PUT", "/v1/rebalance/config", {"backup": {"path": "/etc/x"}})
+    assert status == 400 and error["error"]["field"] == "body.backup.path"
     status, _ = api.call("PUT", "/v1/rebalance/config", {"max_fee_ppm": 1}, role="readonly")
     assert status == 403
 
