@@ -40,6 +40,7 @@ class HtlcNotifier:
         preimage: bytes = b"",
         failed: bool = False,
         link_fail: str = "",
+        timestamp_ns: int = 0,
     ) -> None:
         hub = self.node.htlc_events
         if not len(hub):
@@ -49,7 +50,7 @@ class HtlcNotifier:
             outgoing_channel_id=out_chan,
             incoming_htlc_id=in_htlc,
             outgoing_htlc_id=out_htlc,
-            timestamp_ns=time.time_ns(),
+            timestamp_ns=timestamp_ns or time.time_ns(),
             event_type=event_type,
         )
         height = self.node.block_height
@@ -134,8 +135,10 @@ class HtlcNotifier:
         chan_out.sent_msat += amt_out_msat
         chan_in.num_updates += 2
         chan_out.num_updates += 2
-        self.event(rt.HtlcEvent.FORWARD, preimage=preimage, **ids)
+        # The forwarding log records the forward at the instant it settled.
+        settled_at = time.time_ns()
+        self.event(rt.HtlcEvent.FORWARD, preimage=preimage, timestamp_ns=settled_at, **ids)
         self.final(chan_in.chan_id, in_htlc)
-        rec = ForwardRecord(time.time_ns(), chan_in.chan_id, chan_out.chan_id, amt_in, amt_out_msat)
+        rec = ForwardRecord(settled_at, chan_in.chan_id, chan_out.chan_id, amt_in, amt_out_msat)
         self.node.forwards.append(rec)
         return rec
