@@ -168,7 +168,7 @@ class PaymentEngine:
             candidates = [c for c in usable if c.chan_id in wanted]
         else:
             candidates = usable
-        in_chan: SimChannel | None = None
+        ins: list[SimChannel] = []
         if is_self:
             ins = [c for c in usable if not last_hop_pubkey or c.remote_pubkey == last_hop_pubkey]
             ins = [c for c in ins if c.remote_msat - reserve_msat(c) >= amt_msat]
@@ -181,8 +181,8 @@ class PaymentEngine:
         for out in candidates:
             bandwidth = out.local_msat - reserve_msat(out)
             total_out_bw += max(0, bandwidth)
-            options = (
-                [c for c in ins if c.chan_id != out.chan_id] if is_self else [None]  # type: ignore[list-item]
+            options: list[SimChannel | None] = (
+                [c for c in ins if c.chan_id != out.chan_id] if is_self else [None]
             )
             for inc in options:
                 route = self._route_via(out, inc, dest, amt_msat, final_cltv)
@@ -192,12 +192,10 @@ class PaymentEngine:
                     continue
                 if best is None or route.total_fees_msat < best.total_fees_msat:
                     best = route
-            in_chan = None
         if best is None:
             if total_out_bw < amt_msat:
                 raise RouteError(R.FAILURE_REASON_INSUFFICIENT_BALANCE, "insufficient local balance")
             raise RouteError(R.FAILURE_REASON_NO_ROUTE, "unable to find a path to destination")
-        del in_chan
         return best
 
     def _route_via(
@@ -214,30 +212,26 @@ class PaymentEngine:
             path.append((inc.chan_id, node.pubkey, inc.capacity_sat))
         elif dest != first:
             path.append((_virtual_scid(first, dest), dest, 10_000_000))
-        # Walk backwards: each intermediate hop charges for forwarding the amount after it.
-        hops_rev: list[Hop] = []
+        # Walk backwards as LND's newRoute does: hop i forwards amt_to_forward to hop i+1 and
+        # keeps fee_msat for it (its policy on the next channel); expiry is the CLTV it forwards.
+        nodes = [(out.chan_id, first, out.capacity_sat), *path]
+        chan_id, pub, cap = nodes[-1]
         amount = amt
         expiry = height + final_cltv
-        prev_fee = 0
-        nodes = [(out.chan_id, first, out.capacity_sat), *path]
-        for idx in range(len(nodes) - 1, -1, -1):
-            chan_id, pub, cap = nodes[idx]
-            hops_rev.append(Hop(chan_id, pub, amount, prev_fee, expiry, cap))
-            if idx == 0:
-                break
-            # The node at idx-1 forwards `amount` over nodes[idx]'s channel.
-            if inc is not None and chan_id == inc.chan_id:
-                fee = inc.fee_for(amount)
-                delta = inc.remote_time_lock_delta
+        hops_rev = [Hop(chan_id, pub, amount, 0, expiry, cap)]
+        for idx in range(len(nodes) - 2, -1, -1):
+            next_chan = nodes[idx + 1][0]
+            if inc is not None and next_chan == inc.chan_id:
+                fee, delta = inc.fee_for(amount), inc.remote_time_lock_delta
             else:
-                fee = _net_fee(amount)
-                delta = 40
+                fee, delta = _net_fee(amount), 40
+            chan_id, pub, cap = nodes[idx]
+            hops_rev.append(Hop(chan_id, pub, amount, fee, expiry, cap))
             amount += fee
             expiry += delta
-            prev_fee = fee
         hops = list(reversed(hops_rev))
-        total_fees = sum(h.fee_msat for h in hops)
-        return SimRoute(hops, amt + total_fees, total_fees, hops[0].expiry, out, inc)
+        total_fees = amount - amt
+        return SimRoute(hops, amount, total_fees, expiry, out, inc)
 
     # ---- sending ----------------------------------------------------------------------
     def start_payment(

@@ -75,6 +75,12 @@ def test_circular_self_payment_moves_balances_and_settles(simnet: SimnetProc) ->
             assert hashlib.sha256(bytes.fromhex(done.payment_preimage)).digest() == invoice.r_hash
             assert done.htlcs[0].route.hops[0].chan_id == out.chan_id
             assert done.htlcs[0].route.hops[-1].chan_id == inc.chan_id
+            hops, route = done.htlcs[0].route.hops, done.htlcs[0].route
+            assert (hops[-1].amt_to_forward_msat, hops[-1].fee_msat) == (amt, 0)
+            assert (
+                hops[0].amt_to_forward_msat + hops[0].fee_msat == route.total_amt_msat == amt + done.fee_msat
+            )
+            assert route.total_time_lock > hops[0].expiry > hops[-1].expiry
 
             settled = await lnd.LookupInvoice(ln.PaymentHash(r_hash=invoice.r_hash))
             assert settled.state == ln.Invoice.SETTLED and settled.amt_paid_msat == amt
