@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             "/v1/analytics/channels",
             "/v1/analytics/history?limit=100",
             "/v1/analytics/report?period=month",
-            "/v1/analytics/export?format=csv",
-            "/v1/analytics/export?format=json",
+            "/v1/analytics/export/csv",
+            "/v1/analytics/export/json",
         ):
             ms, status, size = timed_get(api + path, token)
             print(f"  {path:40} {status}  {ms:9.1f} ms  {size:>12,} bytes")

@@ -75,23 +75,24 @@ def _csv_line(values: tuple[str, ...]) -> bytes:
     return buf.getvalue().encode()
 
 
-async def stream_export(store: StoreHandle, request: ApiRequest) -> web.StreamResponse:
-    """Write the filtered history to the client as an attachment, page by page."""
+async def stream_export(store: StoreHandle, request: ApiRequest, fmt: str) -> web.StreamResponse:
+    """Write the filtered history to the client as an attachment, page by page, as
+    ``fmt`` ``"csv"`` or ``"json"`` (one array)."""
     query: ExportQuery = request.query
     start, end = query.bounds()
     kinds, statuses, chan = query.kinds, query.statuses, query.channel
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     response = web.StreamResponse(
         headers={
-            "Content-Type": "text/csv; charset=utf-8" if query.format == "csv" else "application/json",
-            "Content-Disposition": f'attachment; filename="lightningd-history-{stamp}.{query.format}"',
+            "Content-Type": "text/csv; charset=utf-8" if fmt == "csv" else "application/json",
+            "Content-Disposition": f'attachment; filename="lightningd-history-{stamp}.{fmt}"',
         }
     )
     response.enable_chunked_encoding()
     await response.prepare(request.raw)
     after: tuple[float, str, str] | None = None
     first = True
-    if query.format == "json":
+    if fmt == "json":
         await response.write(b"[")
     else:
         await response.write(_csv_line(EXPORT_COLUMNS))
@@ -112,7 +113,7 @@ async def stream_export(store: StoreHandle, request: ApiRequest) -> web.StreamRe
         )
         if not rows:
             break
-        if query.format == "json":
+        if fmt == "json":
             parts = [
                 (b"" if first and i == 0 else b",") + _json.encode(history_item(r))
                 for i, r in enumerate(rows)
@@ -130,7 +131,7 @@ async def stream_export(store: StoreHandle, request: ApiRequest) -> web.StreamRe
         after = (last["time"], last["kind"], last["key"])
         if len(rows) < EXPORT_PAGE:
             break
-    if query.format == "json":
+    if fmt == "json":
         await response.write(b"]\n")
     await response.write_eof()
     return response

@@ -177,9 +177,7 @@ class HistoryQuery(_HistoryFilter):
 
 
 class ExportQuery(_HistoryFilter):
-    """Filters and the file format of an export (oldest first)."""
-
-    format: Literal["csv", "json"] = Field("csv", description="csv, or json (one array).")
+    """The filters of an export (the history's, without pagination)."""
 
 
 class ReportQuery(_Query):

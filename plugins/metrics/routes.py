@@ -7,6 +7,7 @@ stream page by page, so their memory use does not grow with the history.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -117,16 +118,17 @@ def register_routes(daemon: Daemon, router: RouteRegistry, runtime: Callable[[],
         query=ReportQuery,
         summary="A day, week, month or year report with a per-day (per-month for a year) breakdown",
     )
-    add(
-        "GET",
-        "/v1/analytics/export",
-        api.export,
-        role="readonly",
-        tags=tags,
-        query=ExportQuery,
-        summary="The transaction history as a streamed CSV or JSON file",
-        content_type="text/csv",
-    )
+    for fmt, media in (("csv", "text/csv"), ("json", "application/json")):
+        add(
+            "GET",
+            f"/v1/analytics/export/{fmt}",
+            functools.partial(api.export, fmt),
+            role="readonly",
+            tags=tags,
+            query=ExportQuery,
+            summary=f"The transaction history as a streamed {fmt.upper()} download, oldest first",
+            content_type=media,
+        )
 
 
 class _Analytics:
@@ -338,8 +340,8 @@ class _Analytics:
             "fiat": fiat,
         }
 
-    async def export(self, request: ApiRequest) -> web.StreamResponse:
-        return await stream_export(self._daemon.store, request)
+    async def export(self, fmt: str, request: ApiRequest) -> web.StreamResponse:
+        return await stream_export(self._daemon.store, request, fmt)
 
     async def history(self, request: ApiRequest) -> dict[str, Any]:
         query: HistoryQuery = request.query

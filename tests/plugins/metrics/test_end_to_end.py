@@ -299,15 +299,13 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any) -> None:
     assert sum(h["fees_earned_msat"] for h in report["breakdown"]) == 1_500
     assert report["top_channels"][0]["chan_id"] == b
 
-    status, headers, raw = http(node.api_url + "/v1/analytics/export?format=csv", node.tokens["readonly"])
+    status, headers, raw = http(node.api_url + "/v1/analytics/export/csv", node.tokens["readonly"])
     assert status == 200 and headers["Content-Type"].startswith("text/csv")
     assert headers.get("Transfer-Encoding") == "chunked"
     rows = list(csv.DictReader(io.StringIO(raw.decode())))
     assert len(rows) == len(items)
     assert sum(int(r["fee_msat"]) for r in rows if r["kind"] == "forward") == 1_500
-    status, _, raw = http(
-        node.api_url + "/v1/analytics/export?format=json&kind=invoice", node.tokens["readonly"]
-    )
+    status, _, raw = http(node.api_url + "/v1/analytics/export/json?kind=invoice", node.tokens["readonly"])
     exported = json.loads(raw)
     assert sorted(i["amount_msat"] for i in exported) == sorted([5_000, 100_000, 250_000, moved])
 
@@ -323,7 +321,8 @@ BAD_REQUESTS = [
     ("/v1/analytics/history?cursor=nope", 400, "query.cursor"),
     ("/v1/analytics/history?chan_id=12x", 400, "query.chan_id"),
     ("/v1/analytics/report?period=decade", 400, "query.period"),
-    ("/v1/analytics/export?format=xml", 400, "query.format"),
+    ("/v1/analytics/export/csv?limit=5", 400, "query.limit"),
+    ("/v1/analytics/export/xml", 404, None),
     ("/v1/analytics/channels/notachannel", 400, "path.chan_id"),
     ("/v1/analytics/channels/1x2x3", 404, "path.chan_id"),
     ("/v1/analytics/channels/1?points=0", 400, "query.points"),
