@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from lightningd_py.lnd.rpc import lightning_pb2 as ln
+from lightningd_py.lnd.rpc import router_pb2 as rt
 from lightningd_py.simnet import bolt11
 from lightningd_py.simnet.channels import ChannelError
 from lightningd_py.simnet.invoices import InvoiceError
@@ -169,10 +170,14 @@ class ControlServer:
         amt = _int(body, "amt_msat", 0) or rec.value_msat
         chan = self._inbound(body, amt)
         self.node.invoices.pay(r_hash, amt, chan_id=chan.chan_id if chan else 0)
-        if chan is not None:
+        if chan is not None and rec.state == ln.Invoice.SETTLED:
+            self._received(chan, rec.r_preimage)
             chan.remote_msat -= amt
             chan.local_msat += amt
             chan.received_msat += amt
+        elif chan is not None:
+            # A hold invoice: the HTLC's amount moves only if SettleInvoice comes.
+            self.node.held_htlcs[r_hash] = (chan.chan_id, amt)
         return web.json_response(
             {
                 "payment_hash": r_hash.hex(),
@@ -182,6 +187,12 @@ class ControlServer:
                 "chan_id": str(chan.chan_id) if chan else "0",
             }
         )
+
+    def _received(self, chan: SimChannel, preimage: bytes) -> None:
+        """HTLC events of a payment received over `chan` (settle, then final resolution)."""
+        htlc_id = chan.next_htlc_id()
+        self.sim.htlcs.event(rt.HtlcEvent.RECEIVE, in_chan=chan.chan_id, in_htlc=htlc_id, preimage=preimage)
+        self.sim.htlcs.final(chan.chan_id, htlc_id)
 
     def _inbound(self, body: dict[str, Any], amt: int) -> SimChannel | None:
         if "chan_id" in body:
@@ -221,6 +232,8 @@ class ControlServer:
         chan = self._inbound({}, value * count)
         for i, rec in enumerate(recs):
             reg.pay(rec.r_hash, value, chan_id=chan.chan_id if chan else 0)
+            if chan is not None:
+                self._received(chan, rec.r_preimage)
             if i % 512 == 511:
                 await asyncio.sleep(0)
         if chan is not None:
@@ -396,6 +409,8 @@ class ControlServer:
     async def restart(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         down = _num(body, "down_seconds", 1.0)
+        if self.sim.restarting:
+            raise BadRequest("a restart is already in progress", status=409)
         task = self.sim.spawn(
             self.sim.restart(down, bool(body.get("regenerate_tls", False)), bool(body.get("locked", False)))
         )

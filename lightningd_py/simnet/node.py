@@ -226,6 +226,8 @@ class NodeModel:
         self.peers: dict[str, Peer] = {}
         self.channels: dict[int, SimChannel] = {}
         self.forwards: list[ForwardRecord] = []
+        # Hold-invoice HTLCs paid from outside (control API) and not yet resolved: hash -> (chan, msat).
+        self.held_htlcs: dict[bytes, tuple[int, int]] = {}
         self.channel_events: Hub[ln.ChannelEventUpdate] = Hub()
         self.peer_events: Hub[ln.PeerEvent] = Hub()
         self.backup_events: Hub[ln.ChanBackupSnapshot] = Hub()

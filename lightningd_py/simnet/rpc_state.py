@@ -69,9 +69,16 @@ class InvoicesServicer:
         self, request: inv.SettleInvoiceMsg, context: grpc.aio.ServicerContext
     ) -> inv.SettleInvoiceResp:
         try:
-            self.node.invoices.settle_hold(request.preimage)
+            rec = self.node.invoices.settle_hold(request.preimage)
         except InvoiceError as exc:
             await invoice_abort(context, exc)
+            raise
+        held = self.node.held_htlcs.pop(rec.r_hash, None)
+        chan = self.node.channels.get(held[0]) if held else None
+        if held is not None and chan is not None:
+            chan.remote_msat -= held[1]
+            chan.local_msat += held[1]
+            chan.received_msat += held[1]
         return inv.SettleInvoiceResp()
 
     async def CancelInvoice(
@@ -81,6 +88,7 @@ class InvoicesServicer:
             self.node.invoices.cancel(request.payment_hash)
         except InvoiceError as exc:
             await invoice_abort(context, exc)
+        self.node.held_htlcs.pop(request.payment_hash, None)
         return inv.CancelInvoiceResp()
 
     async def LookupInvoiceV2(
