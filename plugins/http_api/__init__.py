@@ -40,6 +40,7 @@ __all__ = [
     "ldp_config_reloaded",
     "ldp_config_schema",
     "ldp_exchange_rate",
+    "ldp_health",
     "ldp_migrations",
     "ldp_payment_event",
     "ldp_register_routes",
@@ -162,6 +163,19 @@ async def ldp_exchange_rate(daemon: Daemon, currency: str) -> Decimal | None:
     except ApiError as exc:
         daemon.log.warning("exchange rate unavailable", currency=currency, reason=exc.message)
         return None
+
+
+@hookimpl
+def ldp_health(daemon: Daemon) -> dict[str, object] | None:
+    api = _running.get(daemon)
+    if api is None or api.server is None:
+        return {"ok": False, "listening": False}
+    return {
+        "ok": True,
+        "listen": api.settings.listen,
+        "routes": len(api.routes),
+        "exchange_rate_provider": api.rates.provider_name,
+    }
 
 
 @hookimpl
