@@ -138,7 +138,7 @@ class _Calls:
 class SimnetControl(_Calls):
     """Blocking client (urllib); every method returns the decoded JSON answer."""
 
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 120.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
 
@@ -161,7 +161,7 @@ class SimnetControl(_Calls):
 class AsyncSimnetControl(_Calls):
     """aiohttp client; every method returns an awaitable of the decoded JSON answer."""
 
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 120.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
