@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+import anyio
+
 from lightningd_py.hookspecs import hookimpl
 from lightningd_py.store import Migration
 from lightningd_py.web import ApiError, Route, RouteRegistry
@@ -83,11 +85,14 @@ class HttpApi:
 
     def reload(self) -> None:
         """Apply reloadable settings (tokens, limits, rates); the listen address needs a restart."""
+        old = self.settings
         self.settings = self.daemon.settings or HttpApiSettings()  # type: ignore[assignment]
         self.rates.settings = self.settings.exchange_rates
         if self.server is not None:
             self.server.auth = TokenAuthenticator(self.settings.tokens)
-            self.server.limiter = RateLimiter(self.settings.limits())
+            # Clients keep their used budgets unless the limits themselves changed.
+            if self.settings.rate_limits != old.rate_limits:
+                self.server.limiter = RateLimiter(self.settings.limits())
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -97,8 +102,6 @@ class HttpApi:
 
     async def prune_idempotency_keys(self) -> None:
         """Service: forget Idempotency-Keys older than ``idempotency_ttl``."""
-        import anyio
-
         while True:
             cutoff = time.time() - self.settings.idempotency_ttl
             await self.daemon.store.execute("DELETE FROM http_api_idempotency WHERE created < ?", (cutoff,))

@@ -178,8 +178,6 @@ class ApiServer:
         query_model = route.query
         status = route.status
         handler = route.handler
-        auth = self.auth
-        limiter = self.limiter
         log = self.log
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
@@ -188,7 +186,8 @@ class ApiServer:
                     role = None
                     client = "addr:" + (request.remote or "unknown")
                 else:
-                    match = auth.check(request.headers.get("Authorization"))
+                    # Read through self: a config reload swaps tokens and limits.
+                    match = self.auth.check(request.headers.get("Authorization"))
                     if match is None:
                         raise ApiError(
                             401,
@@ -204,6 +203,7 @@ class ApiServer:
                         )
                     role = match.role
                     client = "token:" + match.name
+                limiter = self.limiter
                 wait = limiter.hit(client, group, time.monotonic())
                 if wait is not None:
                     raise ApiError(

@@ -414,3 +414,25 @@ def test_invoices_created_and_paid_while_killed(api_daemon, api_of, simctl) -> N
     kept = api.get(f"/v1/invoices/{before['payment_hash']}").json
     assert kept["metadata"] == {"order": 1}
     assert api.get(f"/v1/invoices/{offline['payment_hash']}").json["memo"] == "while down"
+
+
+def test_tokens_and_limits_reload_on_sighup(api_daemon, api_of) -> None:
+    import signal
+
+    from lightningd_py.cli import new_token, token_sha256
+    from lightningd_py.demo import write_config
+
+    api = api_of(api_daemon)
+    assert api.get("/v1/node", role="readonly").status == 200
+    fresh = new_token()
+    data = api_daemon.config.data
+    http = dict(data["plugins"]["http_api"])
+    http["tokens"] = [{"name": "ops", "role": "readonly", "sha256": token_sha256(fresh)}]
+    write_config(api_daemon.config.path, {**data, "plugins": {**data["plugins"], "http_api": http}})
+    mark = len(api_daemon.notifications)
+    api_daemon.signal(signal.SIGHUP)
+    api_daemon.wait_notification("READY=1", 10, after=mark)
+    assert api.get("/v1/node", role="readonly").status == 401  # the old token is gone
+    reply = api.get("/v1/node", role=None, headers={"Authorization": f"Bearer {fresh}"})
+    assert reply.status == 200
+    assert api.get("/v1/balances", role=None, headers={"Authorization": f"Bearer {fresh}"}).status == 403
