@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import start_simnet
+from lightningd_py.lnd.rpc import lightning_pb2 as ln
+from lightningd_py.simnet import AsyncSimnetControl, Simnet, SimnetConfig, SimnetControl
+
+from .conftest import SimnetProc, start_simnet, stubs
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -64,3 +68,17 @@ def test_bad_arguments_exit_non_zero(tmp_path: Path) -> None:
         timeout=30,
     )
     assert res.returncode == 2 and "--channels/--peers" in res.stderr
+
+
+def test_in_process_simnet(tmp_path: Path) -> None:
+    async def run() -> None:
+        async with Simnet(SimnetConfig(lnddir=tmp_path / "lnd", channels=2, peers=1, seed=1)) as sim:
+            proc = SimnetProc(info=sim.info(), control=SimnetControl(sim.info()["control"]), proc=None)  # type: ignore[arg-type]
+            async with proc.channel("readonly") as ch:
+                lnd, _, _, _ = stubs(ch)
+                info = await lnd.GetInfo(ln.GetInfoRequest())
+                assert info.identity_pubkey == sim.node.pubkey and info.num_active_channels == 2
+            async with AsyncSimnetControl(sim.info()["control"]) as control:
+                assert (await control.mine(3))["block_height"] == sim.node.block_height
+
+    asyncio.run(run())
