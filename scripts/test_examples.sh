@@ -38,21 +38,25 @@ echo "test_examples: fresh virtualenv in $work/venv"
 "$python" -m venv "$work/venv"
 venv_python="$work/venv/bin/python"
 "$venv_python" -m pip install --quiet --upgrade pip
-# Copy the sources first so the build never writes into the repository (build/, egg-info).
-mkdir -p "$work/src"
-tar -C "$project" --exclude=.git --exclude=.venv --exclude='*.egg-info' --exclude=build \
-    --exclude=__pycache__ -cf - . | tar -C "$work/src" -xf -
+# Builds run on copies, so nothing is written into the source trees (build/, egg-info).
+copy() {
+    mkdir -p "$2"
+    tar -C "$1" --exclude=.git --exclude=.venv --exclude='*.egg-info' --exclude=build \
+        --exclude=__pycache__ -cf - . | tar -C "$2" -xf -
+}
+copy "$project" "$work/src/lightningd-py"
 echo "test_examples: installing lightningd-py from $project"
-"$venv_python" -m pip install --quiet "$work/src"
+"$venv_python" -m pip install --quiet "$work/src/lightningd-py"
 
 status=0
 for example in "${examples[@]}"; do
     example="$(cd "$example" && pwd)"
     name="$(basename "$example")"
     echo "test_examples: installing $name with its test extra"
-    "$venv_python" -m pip install --quiet "$example[test]"
+    copy "$example" "$work/src/$name"
+    "$venv_python" -m pip install --quiet "$work/src/$name[test]"
     echo "test_examples: running $name's tests"
-    # From a copy of its tests only: they must pass against the installed packages.
+    # From a directory holding only its tests, so they import the installed package.
     mkdir -p "$work/run/$name"
     cp -R "$example/tests" "$example/pyproject.toml" "$work/run/$name/"
     if ! (cd "$work/run/$name" && "$work/venv/bin/pytest" -q -p no:cacheprovider); then

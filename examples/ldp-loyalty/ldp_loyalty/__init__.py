@@ -3,8 +3,8 @@
 When an invoice is settled and its memo names a customer (``customer:alice`` by
 default), the customer earns one point per ``msat_per_point`` millisatoshi paid. Points
 are kept in the plugin's own table and served at ``GET /v1/loyalty/customers/{customer}``;
-each award is also announced to every other plugin as a ``loyalty.points_awarded``
-``CustomEvent`` (the webhooks plugin can forward those).
+each award is also announced to every plugin (``ldp_event``) and on the HTTP API's event
+stream as a ``loyalty.points_awarded`` ``CustomEvent``.
 
 Everything is imported from ``lightningd_py.api``, the stable plugin API.
 """
@@ -130,7 +130,8 @@ def ldp_register_routes(daemon: api.Daemon, router: api.RouteRegistry) -> None:
             (customer,),
         )
         if row is None or row["payments"] == 0:
-            raise api.ApiError(404, "unknown_customer", f"customer {customer!r} has no points yet", "customer")
+            message = f"customer {customer!r} has no points yet"
+            raise api.ApiError(404, "unknown_customer", message, "customer")
         return LoyaltyBalance(
             customer=customer, points=row["points"], payments=row["payments"], paid_msat=row["paid_msat"]
         )
