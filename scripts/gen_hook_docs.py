@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["BEGIN", "END", "DOCS", "HOOKSPECS", "main", "render", "update"]
+__all__ = ["BEGIN", "DOCS", "END", "HOOKSPECS", "main", "render", "update"]
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKSPECS = ROOT / "lightningd_py" / "hookspecs.py"
