@@ -13,7 +13,7 @@ import inspect
 import math
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -132,13 +132,29 @@ def create_plugin_manager(
         _register(pm, ep.name, module, _dist_version(ep), _origin(ep))
     for name, obj in (extra or {}).items():
         _register(pm, name, obj, "", "test")
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        plugin = getattr(exc, "plugin", None)
-        name = pm.get_name(plugin) if plugin is not None else "?"
-        raise PluginError(name or "?", str(exc)) from exc
-    return pm
+    # A hookimpl whose name is no hook (a typo) makes that plugin a load failure, so the
+    # plugin_failure policy applies to it like to any other plugin that cannot load.
+    while True:
+        try:
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin)
+            if name is None:
+                raise PluginError("?", str(exc)) from exc
+            unknown = sorted(c.name for c in pm.get_hookcallers(exc.plugin) or [] if not c.has_spec())
+            info = pm.infos.pop(name, None)
+            pm.unregister(exc.plugin)
+            pm.failures.append(
+                LoadFailure(
+                    name,
+                    f"registration failed: unknown hook {', '.join(map(repr, unknown))} "
+                    "(not in lightningd_py.hookspecs)",
+                    info.version if info else "",
+                    info.origin if info else "",
+                )
+            )
+            continue
+        return pm
 
 
 def _register(pm: PluginManager, name: str, module: Any, version: str, origin: str) -> None:
@@ -254,6 +270,28 @@ class HookRunner:
                 continue
             if value is not None:
                 answers.append(value)
+        return answers
+
+    async def each_named(
+        self, hook: str, per_plugin: Callable[[str], Mapping[str, Any]] | None = None, **kwargs: Any
+    ) -> list[tuple[str, Any]]:
+        """Notification like ``each``, answering ``(plugin name, answer)`` pairs.
+
+        :param per_plugin: extra keyword arguments computed for each plugin by name
+            (e.g. a route registry that records which plugin added a route).
+        """
+        answers = []
+        for plugin_name, impl in self._impls(hook):
+            args = {**kwargs, **(per_plugin(plugin_name) if per_plugin else {})}
+            try:
+                value = await self._call(plugin_name, impl, args)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:
+                self._host.record_error(plugin_name, hook, exc)
+                continue
+            if value is not None:
+                answers.append((plugin_name, value))
         return answers
 
     async def first(self, hook: str, **kwargs: Any) -> Any:
