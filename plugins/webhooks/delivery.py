@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 from anyio import WouldBlock
 
 from .catalogue import EventFilter
@@ -44,10 +45,13 @@ _MAX_RESPONSE_READ = 64 * 1024
 _HEALTH_WINDOW = 100
 _OUTCOMES = ("success", "http_error", "timeout", "connection_error")
 
-_SELECT_PENDING = (
-    "SELECT msg_id, endpoint, event_type, event_time, body, attempts, next_attempt_at "
-    "FROM webhooks_deliveries WHERE endpoint = ? AND status = 'pending' "
+_SELECT_PENDING_IDS = (
+    "SELECT msg_id FROM webhooks_deliveries WHERE endpoint = ? AND status = 'pending' "
     "ORDER BY next_attempt_at, id LIMIT ?"
+)
+_SELECT_ROWS = (
+    "SELECT msg_id, endpoint, event_type, event_time, body, attempts, next_attempt_at "
+    "FROM webhooks_deliveries WHERE status = 'pending' AND msg_id IN ({marks})"
 )
 _UPDATE_DELIVERED = (
     "UPDATE webhooks_deliveries SET status = 'delivered', attempts = ?, last_attempt_at = ?, "
@@ -160,9 +164,7 @@ class EndpointWorker:
             return
         if new:
             self.depth += 1
-        try:
-            self._send.send_nowait(delivery)
-        except WouldBlock:
+        if not self._try_send(delivery):
             # The row is durable: the scheduler picks it up from the outbox when there is room.
             self._overflow = True
             self._wake.set()
@@ -206,64 +208,72 @@ class EndpointWorker:
                 next_scan = time.time() + self.plugin.scan_interval
             now = time.time()
             wait = next_scan - now
-            if self._waiting:
-                wait = min(wait, self._waiting[0][0] - now)
             if self._overflow or blocked:
                 # The queue is full: look again once the senders made room.
                 wait = min(wait, 0.05)
+            elif self._waiting:
+                wait = min(wait, self._waiting[0][0] - now)
             if wait > 0:
                 with anyio.move_on_after(wait):
                     await self._wake.wait()
+            else:
+                await anyio.lowlevel.checkpoint()
             if self._wake.is_set():
                 self._wake = anyio.Event()
 
     def _release_due(self, now: float) -> bool:
         """Move due retries to the send queue; True when the queue had no room."""
         while self._waiting and self._waiting[0][0] <= now:
-            delivery = self._waiting[0][2]
-            try:
-                self._send.send_nowait(delivery)
-            except WouldBlock:
+            if not self._try_send(self._waiting[0][2]):
                 return True
             heapq.heappop(self._waiting)
         return False
 
     async def _scan(self) -> None:
         """Bring pending outbox rows not held in memory into memory, as room allows."""
-        free_ready = self.plugin.memory_queue - self._send.statistics().current_buffer_used
-        free_wait = self.plugin.memory_queue - len(self._waiting)
-        if free_ready + free_wait <= 0:
+        room = 2 * self.plugin.memory_queue - self._send.statistics().current_buffer_used - len(self._waiting)
+        if room <= 0:
             return
         self._recent = set()
         try:
             # Commits every update queued so far: a row read as pending below is pending,
             # unless it finished during the query, which _recent records.
             await self._store.flush()
-            limit = free_ready + free_wait + len(self._known)
-            rows = await self._store.fetchall(_SELECT_PENDING, (self.name, limit))
+            limit = room + len(self._known)
+            ids = await self._store.fetchall(_SELECT_PENDING_IDS, (self.name, limit))
+            skip = self._known | self._recent
+            wanted = [r["msg_id"] for r in ids if r["msg_id"] not in skip][:room]
+            # Bodies only for the rows taken, in chunks that stay under sqlite's variable limit.
+            rows = []
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                sql = _SELECT_ROWS.format(marks=",".join("?" * len(chunk)))
+                rows += await self._store.fetchall(sql, chunk)
+            # Rows that finished while the bodies were read are not pending any more.
             skip = self._known | self._recent
         finally:
             self._recent = None
-        complete = len(rows) < limit
         loaded = 0
         now = time.time()
-        for row in rows:
+        for row in sorted(rows, key=lambda r: r["next_attempt_at"]):
             if row["msg_id"] in skip:
                 continue
             delivery = delivery_from_row(row)
-            if delivery.due <= now and free_ready > 0:
-                self._send.send_nowait(delivery)
-                free_ready -= 1
-            elif free_wait > 0:
+            if delivery.due > now or not self._try_send(delivery):
+                if len(self._waiting) >= self.plugin.memory_queue:
+                    break
                 heapq.heappush(self._waiting, (delivery.due, next(self._seq), delivery))
-                free_wait -= 1
-            else:
-                complete = False
-                break
             self._known.add(delivery.msg_id)
             loaded += 1
-        # Scan again soon only when it can make progress; otherwise the periodic scan will.
-        self._overflow = not complete and loaded > 0
+        # Scan again soon only when that can make progress; otherwise the periodic scan will.
+        self._overflow = len(ids) >= limit and loaded > 0
+
+    def _try_send(self, delivery: Delivery) -> bool:
+        try:
+            self._send.send_nowait(delivery)
+        except WouldBlock:
+            return False
+        return True
 
     def _forget(self, delivery: Delivery) -> None:
         self._known.discard(delivery.msg_id)

@@ -321,3 +321,25 @@ async def test_history_is_not_replayed_when_first_enabled(tmp_path: Path, receiv
         await receiver.wait_for(1)
         await anyio.sleep(0.3)
     assert [json.loads(i.body)["data"]["payment_hash"] for i in receiver.received] == ["bb" * 32]
+
+
+async def test_backlog_larger_than_memory_goes_through_the_outbox(tmp_path: Path, receivers: Any) -> None:
+    receiver = await receivers()
+    up = False
+
+    async def gate(item: Received) -> tuple[int, dict[str, str]]:
+        return (200, {}) if up else (503, {})
+
+    receiver.behaviour = gate
+    ep = endpoint("shop", receiver, ["payment.confirmed"], concurrency=2)
+    # Ten in memory per queue: most of the 150 deliveries live only in the outbox at times.
+    table = {"endpoints": [ep], "memory_queue": 10, "scan_interval": 0.2, "retry_schedule": [0] + [0.2] * 20}
+    async with run_plugin(tmp_path, table) as d:
+        await d.append([InvoiceSettled(payment_hash=f"{i:064x}") for i in range(150)])
+        await eventually(lambda: len({a.headers["webhook-id"] for a in receiver.attempts}) == 150)
+        assert d.service.workers["shop"].depth == 150
+        up = True
+        await receiver.wait_for(150, within=20)
+        await d.settled()
+    ids = [i.headers["webhook-id"] for i in receiver.received]
+    assert len(ids) == len(set(ids)) == 150
