@@ -159,11 +159,14 @@ def write_config(state_dir: Path, table: dict[str, Any]) -> Path:
 
 
 @asynccontextmanager
-async def run_plugin(state_dir: Path, table: dict[str, Any]) -> AsyncIterator[RunningDaemon]:
-    """The webhooks plugin in the daemon's plugin host, started the way the supervisor
-    starts plugins (migrations, startup, metrics, journal worker, services)."""
+async def run_plugin(
+    state_dir: Path, table: dict[str, Any], others: dict[str, object] | None = None
+) -> AsyncIterator[RunningDaemon]:
+    """The webhooks plugin (and ``others``, plugin objects by name) in the daemon's plugin
+    host, started the way the supervisor starts plugins (migrations, startup, metrics,
+    journal worker, services)."""
     config = load_config(write_config(state_dir, table), {"webhooks": webhooks_plugin.WebhooksSettings})
-    pm = create_plugin_manager(entry_points=[], extra={"webhooks": webhooks_plugin})
+    pm = create_plugin_manager(entry_points=[], extra={"webhooks": webhooks_plugin, **(others or {})})
     store = Store(state_dir / "lightningd-py.sqlite")
     store.open()
     journal = Journal(store)

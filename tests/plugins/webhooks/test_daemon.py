@@ -4,6 +4,7 @@ reach real receivers, signed; a kill -9 with deliveries pending loses nothing.""
 from __future__ import annotations
 
 import json
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -12,11 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import tomli_w
 from lightningd_py.plugins.webhooks.signing import generate_secret
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
-from .conftest import ThreadedReceiver
+from .conftest import Received, ThreadedReceiver
 
 
 def api(daemon: Any, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -206,3 +209,46 @@ def test_bad_endpoint_is_a_config_error_at_start(
     message = str(info.value)
     assert f"plugins.webhooks.endpoints[0].{problem}: endpoint 'shop'" in message
     assert leaked[6:] not in message
+
+
+def test_secret_rotation_by_sighup_without_downtime(
+    ldp_daemon_factory: Callable[..., Any],
+    ldp_config_factory: Callable[..., Any],
+    threaded_receivers: Callable[[], ThreadedReceiver],
+) -> None:
+    receiver = threaded_receivers()
+    old, new = generate_secret(), generate_secret()
+    config = ldp_config_factory(plugins=webhooks_table(receiver, old, ["payment.confirmed"]))
+    daemon = ldp_daemon_factory(config)
+    daemon.wait_for(lambda: lnd_active(daemon), 15)
+    ctl = daemon.simnet.control
+
+    def pay_and_wait(count: int) -> Received:
+        ctl.settle_invoice(ctl.add_invoice(value_msat=1000)["payment_hash"])
+        daemon.wait_for(lambda: len(receiver.received) >= count, 10)
+        return receiver.received[count - 1]
+
+    def reload(secret: str | list[str]) -> None:
+        data = config.data
+        data["plugins"]["webhooks"]["endpoints"][0]["secret"] = secret
+        config.path.write_text(tomli_w.dumps(data))
+        mark = len(daemon.notifications)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_notification("READY=1", 10, after=mark)
+
+    first = pay_and_wait(1)
+    Webhook(old).verify(first.body, first.headers)
+    reload([new, old])  # step 1: both secrets sign
+    both = pay_and_wait(2)
+    assert len(both.headers["webhook-signature"].split()) == 2
+    Webhook(old).verify(both.body, both.headers)
+    Webhook(new).verify(both.body, both.headers)
+    reload(new)  # step 3: the consumer switched; the old secret goes
+    only_new = pay_and_wait(3)
+    Webhook(new).verify(only_new.body, only_new.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(only_new.body, only_new.headers)
+    checks = api(daemon, "GET", "/v1/health")["checks"]
+    assert checks["webhooks"]["ok"] is True
+    assert checks["webhooks"]["endpoints"]["shop"]["queue_depth"] == 0
+    assert old[6:] not in daemon.logs() and new[6:] not in daemon.logs()

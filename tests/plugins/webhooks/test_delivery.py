@@ -35,6 +35,7 @@ from lightningd_py.events import (
     RebalanceFailed,
     RebalanceSucceeded,
 )
+from lightningd_py.hookspecs import hookimpl
 from lightningd_py.journal import Journal
 from lightningd_py.store import Store
 
@@ -343,3 +344,40 @@ async def test_backlog_larger_than_memory_goes_through_the_outbox(tmp_path: Path
         await d.settled()
     ids = [i.headers["webhook-id"] for i in receiver.received]
     assert len(ids) == len(set(ids)) == 150
+
+
+class _Enriches:
+    """A third-party plugin deciding the payload of payment.confirmed webhooks."""
+
+    @hookimpl
+    def ldp_webhook_payload(self, daemon: Any, event: Any, payload: Any) -> Any:
+        if event.type == "invoice.settled":
+            return {**payload, "order_id": payload["memo"].removeprefix("order ")}
+        return None
+
+
+class _Raises:
+    @hookimpl(tryfirst=True)
+    def ldp_webhook_payload(self, daemon: Any, event: Any, payload: Any) -> Any:
+        raise RuntimeError("a broken payload plugin")
+
+
+class _NotJson:
+    @hookimpl(tryfirst=True)
+    def ldp_webhook_payload(self, daemon: Any, event: Any, payload: Any) -> Any:
+        return {"when": object()} if event.type == "invoice.created" else None
+
+
+async def test_webhook_payload_hook_decides_the_data(tmp_path: Path, receivers: Any) -> None:
+    receiver = await receivers()
+    ep = endpoint("shop", receiver, ["payment.confirmed", "invoice.created"])
+    others = {"enriches": _Enriches(), "raises": _Raises(), "not_json": _NotJson()}
+    async with run_plugin(tmp_path, {"endpoints": [ep]}, others) as d:
+        await d.append([InvoiceCreated(payment_hash="aa" * 32, memo="order 7")])
+        await d.append([InvoiceSettled(payment_hash="aa" * 32, memo="order 7")])
+        items = await receiver.wait_for(2)
+        assert d.host.runtimes["raises"].errors >= 1  # logged, counted, skipped
+    by_type = {b["type"]: b["data"] for b in (verify(ep["secret"], i) for i in items)}
+    assert by_type["payment.confirmed"]["order_id"] == "7"
+    # Not JSON: the default payload is sent instead.
+    assert by_type["invoice.created"]["memo"] == "order 7" and "when" not in by_type["invoice.created"]
