@@ -309,6 +309,13 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any) -> None:
     exported = json.loads(raw)
     assert sorted(i["amount_msat"] for i in exported) == sorted([5_000, 100_000, 250_000, moved])
 
+    # The plugin's part of the health report.
+    status, _, raw = http(node.api_url + "/v1/health")
+    check = json.loads(raw)["checks"]["metrics"]
+    assert status == 200 and check["ok"] is True and check["node_snapshot_ok"] is True
+    assert check["listen"] == node.config.metrics_url.removeprefix("http://").removesuffix("/metrics")
+    assert 0 <= check["node_snapshot_age_seconds"] < 10
+
 
 BAD_REQUESTS = [
     ("/v1/analytics/payments?start=2026-02-30", 400, "query.start"),
@@ -338,14 +345,6 @@ def test_bad_parameters_name_the_field(ldp_daemon: Any) -> None:
     assert got == {path: (status, field) for path, status, field in BAD_REQUESTS}
     status, _, _ = http(ldp_daemon.api_url + "/v1/analytics/summary")
     assert status == 401
-
-
-def test_health_reports_the_endpoint_and_the_snapshot(node: Any) -> None:
-    status, _, raw = http(node.api_url + "/v1/health")
-    check = json.loads(raw)["checks"]["metrics"]
-    assert status == 200 and check["ok"] is True and check["node_snapshot_ok"] is True
-    assert check["listen"] == node.config.metrics_url.removeprefix("http://").removesuffix("/metrics")
-    assert 0 <= check["node_snapshot_age_seconds"] < 10
 
 
 def test_counters_survive_a_crash_exactly(node: Any) -> None:
