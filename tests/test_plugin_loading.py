@@ -104,6 +104,16 @@ def test_api_require() -> None:
         api.require("one")
 
 
+def test_a_misspelled_hook_is_a_load_failure_of_that_plugin(ldp_daemon_factory) -> None:
+    with pytest.raises(RuntimeError, match=f"exited with {EXIT_PLUGIN}") as info:
+        ldp_daemon_factory(env=site_env("typo"), timeout=15)
+    assert "plugin 'typo': registration failed: unknown hook 'ldp_invoce_event'" in str(info.value)
+
+    daemon = ldp_daemon_factory(core={"plugin_failure": "skip"}, env=site_env("typo"))
+    skipped = [e for e in json_logs(daemon) if e.get("event") == "plugin not loaded; starting without it"]
+    assert [e["plugin"] for e in skipped] == ["typo"]
+
+
 # ---------------------------------------------------------------- failures at start
 
 
@@ -133,7 +143,7 @@ def probe_table(record: Path | None) -> dict[str, dict[str, str]]:
 
 def test_plugins_command_shows_name_version_origin_enabled_and_hooks(ldp_config_factory) -> None:
     config = ldp_config_factory(plugins={**probe_table(None), "rebalancer": {"enabled": False}})
-    env = site_env("probe", "import_error")
+    env = site_env("probe", "import_error", "typo")
     result = cli("plugins", "--config", str(config.path), "--json", env=env)
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
@@ -148,6 +158,11 @@ def test_plugins_command_shows_name_version_origin_enabled_and_hooks(ldp_config_
     assert (broken["version"], broken["origin"]) == ("0.0.1", "ldp-fake-import-error")
     assert broken["enabled"] is True and broken["hooks"] == []
     assert broken["error"].startswith("import failed: ModuleNotFoundError")
+    typo = rows["typo"]
+    assert (typo["version"], typo["origin"], typo["hooks"]) == ("0.0.4", "ldp-fake-typo", [])
+    assert typo["error"] == (
+        "registration failed: unknown hook 'ldp_invoce_event' (not in lightningd_py.hookspecs)"
+    )
 
     table = cli("plugins", "--config", str(config.path), env=env).stdout.splitlines()
     assert table[0].split() == ["NAME", "VERSION", "ORIGIN", "ENABLED", "HOOKS"]
