@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["RouterServicer"]
 
 S = ln.Payment
+KEYSEND_RECORD = 5482373484
 
 
 class RouterServicer:
@@ -67,6 +69,10 @@ class RouterServicer:
                 await context.abort(grpc.StatusCode.UNKNOWN, "amount must be greater than zero")
             dest, payment_hash = request.dest.hex(), request.payment_hash
             final_cltv = request.final_cltv_delta or 40
+            # Keysend: the preimage travels in the onion, so the (simulated) payee can claim it.
+            preimage = request.dest_custom_records.get(KEYSEND_RECORD, b"")
+            if preimage and hashlib.sha256(preimage).digest() == payment_hash and dest != self.node.pubkey:
+                self.engine.external_preimages[payment_hash] = preimage
         chan_ids = list(request.outgoing_chan_ids)
         if request.outgoing_chan_id:
             chan_ids.append(request.outgoing_chan_id)

@@ -138,6 +138,16 @@ def test_external_payment_and_forced_failure(simnet: SimnetProc) -> None:
             )
             res = await _payment_updates(router.SendPaymentV2(unknown))
             assert res[-1].failure_reason == ln.FAILURE_REASON_INCORRECT_PAYMENT_DETAILS
+            secret = os.urandom(32)
+            keysend = rt.SendPaymentRequest(
+                dest=bytes.fromhex(peer),
+                amt_msat=5000,
+                payment_hash=hashlib.sha256(secret).digest(),
+                dest_custom_records={5482373484: secret},
+                timeout_seconds=5,
+            )
+            res = await _payment_updates(router.SendPaymentV2(keysend))
+            assert res[-1].status == P.SUCCEEDED and res[-1].payment_preimage == secret.hex()
             huge = rt.SendPaymentRequest(
                 dest=bytes.fromhex(peer), amt_msat=10**13, payment_hash=os.urandom(32), timeout_seconds=5
             )
