@@ -15,7 +15,7 @@ from lightningd_py.config import merge_tables, write_override
 from lightningd_py.errors import ConfigError, LndError
 
 from .backups import write_backup
-from .engine import Rebalancer, RoundResult
+from .engine import Rebalancer, RoundResult, Snapshot
 from .ledger import Ledger
 from .planner import ratio_of
 from .policy import FeeChange, apply_fee_policy, execute_lifecycle, fee_rate_for, lifecycle_recommendations
@@ -64,7 +64,7 @@ class RebalancerService:
         self.backup_error: str | None = None
 
     @property
-    def snapshot(self) -> Any:
+    def snapshot(self) -> Snapshot:
         return self.engine.snapshot
 
     async def open(self) -> None:
