@@ -42,7 +42,13 @@ IMBALANCED_HIGH = 0.8
 
 HOUR = 3600
 
-_REBALANCE_HASHES = "SELECT payment_hash FROM metrics_tx WHERE kind = 'rebalance' AND payment_hash != ''"
+# Rows sharing a payment hash with a rebalance (``t``): driven from the few rebalances
+# through the hash index, never by reading the window's rows.
+_REBALANCE_OWN = (
+    "(SELECT DISTINCT payment_hash AS h FROM metrics_tx "
+    "WHERE kind = 'rebalance' AND payment_hash != '') AS r "
+    "CROSS JOIN metrics_tx AS t ON t.payment_hash = r.h AND t.payment_hash != ''"
+)
 
 
 def imbalanced(ratio: float) -> bool:
@@ -165,8 +171,8 @@ def activity(conn: sqlite3.Connection, start: float, end: float) -> Activity:
         (start, end),
     ).fetchone()
     own = conn.execute(
-        "SELECT COUNT(*) FROM metrics_tx WHERE kind = 'invoice' AND created >= ? AND created < ? "
-        f"AND payment_hash IN ({_REBALANCE_HASHES})",
+        f"SELECT COUNT(*) FROM {_REBALANCE_OWN} "
+        "WHERE t.kind = 'invoice' AND t.created >= ? AND t.created < ?",
         (start, end),
     ).fetchone()
     result.invoices_created = row[0] - own[0]
@@ -220,13 +226,14 @@ def _rebalance_own(
     """The circular payments of rebalances and the invoices they paid, by (kind, status),
     or by (bucket, kind, status) with ``step``. Looked up through the rebalances' own
     payment hashes (few rows), so the window's other rows are never read."""
-    select, group = ("CAST((time - ?) / ? AS INTEGER) AS b, ", "b, ") if step is not None else ("", "")
+    select, group = ("CAST((t.time - ?) / ? AS INTEGER) AS b, ", "b, ") if step is not None else ("", "")
     params: tuple[Any, ...] = (start, step, start, end) if step is not None else (start, end)
     out: dict[Any, Figures] = {}
     for row in conn.execute(
-        f"SELECT {select}kind, status, COUNT(*), SUM(amount_msat), SUM(fee_msat) FROM metrics_tx "
-        f"WHERE payment_hash IN ({_REBALANCE_HASHES}) AND kind IN ('payment', 'invoice') "
-        f"AND time >= ? AND time < ? GROUP BY {group}kind, status",
+        f"SELECT {select}t.kind, t.status, COUNT(*), SUM(t.amount_msat), SUM(t.fee_msat) "
+        f"FROM {_REBALANCE_OWN} "
+        "WHERE t.kind IN ('payment', 'invoice') AND t.time >= ? AND t.time < ? "
+        f"GROUP BY {group}t.kind, t.status",
         params,
     ):
         *key, count, amount, fee = tuple(row)
