@@ -8,6 +8,7 @@ pre-serialized bytes (the invoice stream serializes once for all subscribers).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -118,11 +119,17 @@ def _stream(
     impl: Callable[..., Any], path: str, gated: bool, macaroons: MacaroonKeeper, get_state: Callable[[], int]
 ) -> Callable[..., Any]:
     # Writing through context.write costs less per message than yielding from a generator.
+    # A servicer method that is a plain coroutine writes its messages itself (the hot streams).
+    writes_itself = not inspect.isasyncgenfunction(impl)
+
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> None:
         if gated:
             await _gate(context, path, macaroons, get_state)
-        write = context.write
         try:
+            if writes_itself:
+                await impl(request, context)
+                return
+            write = context.write
             async for item in impl(request, context):
                 await write(item)
         except SubscriberOverflow as exc:

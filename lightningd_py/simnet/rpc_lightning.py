@@ -6,7 +6,6 @@ Channel, peer, routing and backup calls live in rpc_channels.py (mixed into the 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -186,9 +185,11 @@ class LightningServicer(ChannelRpc):
 
     async def SubscribeInvoices(
         self, request: ln.InvoiceSubscription, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    ) -> None:
+        """Writes pre-serialized Invoice messages itself: the stream that bursts."""
         reg = self.node.invoices
         sub = reg.stream.subscribe()
+        write = context.write
         # Subscribed before reading the backlog, so nothing falls between the two; the index
         # checks below drop live updates already covered by the backlog, as LND does.
         add_seen = request.add_index
@@ -198,18 +199,21 @@ class LightningServicer(ChannelRpc):
             add_seen = max(add_seen, len(reg.by_add))
         if request.settle_index:
             settle_seen = max(settle_seen, len(reg.settled))
-        for data in backlog:
-            yield data
-        async for add_i, settle_i, data in sub:
-            if settle_i:
-                if settle_i <= settle_seen:
+        try:
+            for data in backlog:
+                await write(data)
+            async for add_i, settle_i, data in sub:
+                if settle_i:
+                    if settle_i <= settle_seen:
+                        continue
+                    settle_seen = settle_i
+                elif add_i <= add_seen:
                     continue
-                settle_seen = settle_i
-            else:
-                if add_i <= add_seen:
-                    continue
-                add_seen = add_i
-            yield data
+                else:
+                    add_seen = add_i
+                await write(data)
+        finally:
+            sub.close()
 
     async def DecodePayReq(self, request: ln.PayReqString, context: grpc.aio.ServicerContext) -> ln.PayReq:
         try:
