@@ -155,7 +155,7 @@ def test_hold_invoice_and_single_subscription(simnet: SimnetProc) -> None:
 
 def test_burst_settle_speed(simnet: SimnetProc) -> None:
     """Prints the rate at which burst settlements reach a SubscribeInvoices client (no timing assert)."""
-    n = 20_000
+    n = 10_000
 
     async def run() -> None:
         async with simnet.channel() as ch:
