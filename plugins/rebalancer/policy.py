@@ -125,6 +125,9 @@ async def lifecycle_recommendations(
     out: list[LifecycleAction] = []
     for c in channels:
         since = inactive.get(c.channel_point)
+        if not c.active and since is None:
+            # Inactive since before the daemon watched it: count from now on.
+            await ledger.set_inactive(c.channel_point, now)
         if not c.active and since is not None and now - since >= lc.inactive_days * DAY:
             days = (now - since) / DAY
             out.append(
