@@ -186,11 +186,19 @@ def grouped(
     status) with ``step`` (buckets of ``step`` seconds from ``start``).
 
     Whole hours come from ``metrics_tx_hourly``; only the rows of a partial first and
-    last hour are read from ``metrics_tx``. Hours are used only where they fall inside
-    one bucket (``start`` on an hour and ``step`` a multiple of an hour, as for reports).
+    last hour are read from ``metrics_tx``, and not even those when the part of the hour
+    outside the window holds no row (a window ending now reads no rows at all). Hours
+    are used only where they fall inside one bucket (``start`` on an hour and ``step`` a
+    multiple of an hour, as for reports).
     """
     out: dict[Any, Figures] = defaultdict(Figures)
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise ValueError("grouped() needs a finite window")
     first, last = math.ceil(start / HOUR), math.floor(end / HOUR)
+    if first * HOUR != start and _empty(conn, (first - 1) * HOUR, start):
+        first -= 1
+    if last * HOUR != end and _empty(conn, end, (last + 1) * HOUR):
+        last += 1
     aligned = step is None or (start % HOUR == 0 and step % HOUR == 0)
     raw = [(start, end)]
     if aligned and first < last:
@@ -218,6 +226,12 @@ def grouped(
             *key, count, amount, fee = tuple(row)
             out[tuple(key)].add(Figures(count, amount, fee))
     return dict(out)
+
+
+def _empty(conn: sqlite3.Connection, low: float, high: float) -> bool:
+    """No row has its time in [low, high) (one index seek)."""
+    sql = "SELECT 1 FROM metrics_tx WHERE time >= ? AND time < ? LIMIT 1"
+    return conn.execute(sql, (low, high)).fetchone() is None
 
 
 def _rebalance_own(

@@ -110,7 +110,7 @@ def recorded(events: list[Event]) -> Path:
     return path
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     events=activity(),
     start=st.floats(-3600, SPAN),
