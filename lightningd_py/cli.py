@@ -6,10 +6,9 @@ import argparse
 import base64
 import hashlib
 import json
-import os
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,11 @@ __all__ = [
     "EXIT_PLUGIN",
     "TOKEN_ROLES",
     "bakemacaroon_command",
+    "hash_tokens",
     "lnd_permissions",
     "main",
     "new_token",
+    "new_tokens",
     "new_webhook_secret",
     "token_sha256",
 ]
@@ -129,25 +130,17 @@ def _cmd_run(ns: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(ns: argparse.Namespace) -> int:
-    from .config import load_config
-    from .pluginhost import create_plugin_manager, plugin_schemas
+    # The same loading and plugin-failure policy as `run`, so the verdict predicts it.
+    from .supervisor import load
 
     path = (ns.config or default_config_path()).expanduser().absolute()
     try:
-        pm = create_plugin_manager()
-        unavailable = {f.name: f.reason for f in pm.failures}
-        config = load_config(path, plugin_schemas(pm), unavailable=unavailable)
+        load(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     except PluginError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
-        return EXIT_PLUGIN
-    # Same policy as `run`: an enabled plugin that failed to load refuses the start.
-    failed = [f for f in pm.failures if config.enabled.get(f.name, True)]
-    for failure in failed:
-        print(f"{path}: plugin {failure.name!r}: {failure.reason}", file=sys.stderr)
-    if failed and config.core.plugin_failure == "refuse":
         return EXIT_PLUGIN
     print(f"config OK: {path}")
     return 0
@@ -207,6 +200,16 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def new_tokens() -> dict[str, str]:
+    """A new token for each role (admin, invoice, readonly)."""
+    return {role: new_token() for role in TOKEN_ROLES}
+
+
+def hash_tokens(tokens: Mapping[str, str]) -> dict[str, str]:
+    """``{role: token}`` -> ``{role: sha256}``, what ``[plugins.http_api] tokens`` holds."""
+    return {role: token_sha256(token) for role, token in tokens.items()}
+
+
 def new_webhook_secret() -> str:
     """A Standard Webhooks signing secret: ``whsec_`` + base64 of 24 random bytes."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
@@ -235,7 +238,7 @@ def bakemacaroon_command(
 
 
 def _cmd_init(ns: argparse.Namespace) -> int:
-    from .config import split_host_port
+    from .config import split_host_port, write_private_file
 
     out: Path = (ns.out or default_config_path()).expanduser().absolute()
     for option, value in (("--host", ns.host), ("--api-listen", ns.api_listen)):
@@ -259,7 +262,7 @@ def _cmd_init(ns: argparse.Namespace) -> int:
     macaroon = baked if baked.exists() or not admin.exists() else admin
     enabled = [name for name in BUILTIN_PLUGINS if name not in ns.disable]
 
-    tokens = {role: new_token() for role in TOKEN_ROLES}
+    tokens = new_tokens()
     webhook_secret = new_webhook_secret()
     config: dict[str, Any] = {
         "core": {"state_dir": str(ns.state_dir.expanduser())},
@@ -268,7 +271,7 @@ def _cmd_init(ns: argparse.Namespace) -> int:
     }
     config["plugins"]["http_api"].update(
         listen=ns.api_listen,
-        tokens=[{"name": role, "role": role, "sha256": token_sha256(tok)} for role, tok in tokens.items()],
+        tokens=[{"name": role, "role": role, "sha256": sha} for role, sha in hash_tokens(tokens).items()],
     )
     endpoint = {"name": "default", "url": ns.webhook_url, "events": ["*"], "secret": webhook_secret}
     if ns.webhook_url is not None:
@@ -282,12 +285,7 @@ def _cmd_init(ns: argparse.Namespace) -> int:
         lines = [line for line in example.splitlines() if line.strip()]
         text += "\n# A webhook endpoint (uncomment and set url):\n" + "".join(f"# {line}\n" for line in lines)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Created 0600 from the start: the file holds the webhook secret.
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(out, 0o600)
+    write_private_file(out, text.encode())  # 0600: it holds the webhook secret
 
     print(f"wrote {out}")
     print("\nAPI tokens (shown once; the config stores only their SHA-256):")

@@ -60,6 +60,7 @@ __all__ = [
     "resolve_secret_ref",
     "split_host_port",
     "write_override",
+    "write_private_file",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/lightningd-py/config.toml")
@@ -420,24 +421,31 @@ def write_override(config: Config, plugin: str, table: Mapping[str, Any]) -> Pat
             raise ConfigError(problems, path=str(target))
 
     data = tomli_w.dumps({"plugins": {k: v for k, v in updated.items() if v}}).encode()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".overrides-", suffix=".tmp", dir=target.parent)
+    return write_private_file(target, data)
+
+
+def write_private_file(path: Path, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically and durably (temporary file, fsync,
+    rename, fsync of the directory), readable only by its owner (0600: config files
+    hold secrets). Parent directories are created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o600)
-        os.replace(tmp, target)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename durable
     finally:
         os.close(dir_fd)
-    return target
+    return path
 
 
 def merge_tables(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

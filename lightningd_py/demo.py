@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import tomli_w
 
-from .cli import TOKEN_ROLES, new_token, new_webhook_secret, token_sha256
-from .config import merge_tables
+from .cli import hash_tokens, new_tokens, new_webhook_secret
+from .config import merge_tables, write_private_file
 
 if TYPE_CHECKING:
     from .simnet.control import SimnetControl
@@ -77,11 +77,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
 
 def write_config(path: Path, data: Mapping[str, Any]) -> Path:
     """Write a config file with tomli-w, readable only by its owner (it holds secrets)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(tomli_w.dumps(data).encode())
-    return path
+    return write_private_file(path, tomli_w.dumps(data).encode())
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -580,7 +576,7 @@ def run_demo(directory: Path | None = None, interval: float = 3.0) -> int:
         print(f"  simnet    simulated LND on {simnet.grpc} (control API {simnet.control_url})")
         receiver = WebhookReceiver()
         print(f"  receiver  webhooks to {receiver.url}")
-        tokens = {role: new_token() for role in TOKEN_ROLES}
+        tokens = new_tokens()
         api = f"127.0.0.1:{free_port(preferred=8080)}"
         metrics = f"127.0.0.1:{free_port(preferred=9108)}"
         endpoint = {"name": "demo", "url": receiver.url, "events": ["*"], "secret": new_webhook_secret()}
@@ -589,7 +585,7 @@ def run_demo(directory: Path | None = None, interval: float = 3.0) -> int:
             root / "state",
             api_listen=api,
             metrics_listen=metrics,
-            token_hashes={role: token_sha256(token) for role, token in tokens.items()},
+            token_hashes=hash_tokens(tokens),
             core={"log_format": "json"},
             # No exchange-rate lookups: the demo works offline.
             plugins={

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from .cli import TOKEN_ROLES, new_token, token_sha256
+from .cli import hash_tokens, new_tokens
 from .demo import DaemonProcess, SimnetProcess, daemon_config, free_port, write_config
 
 __all__ = [
@@ -126,13 +126,13 @@ def ldp_config_factory(
         plugins: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> LdpConfig:
         directory = tmp_path_factory.mktemp("ldp")
-        tokens = {role: new_token() for role in TOKEN_ROLES}
+        tokens = new_tokens()
         data = daemon_config(
             simnet,
             directory / "state",
             api_listen=f"127.0.0.1:{free_port()}",
             metrics_listen=f"127.0.0.1:{free_port()}",
-            token_hashes={role: token_sha256(token) for role, token in tokens.items()},
+            token_hashes=hash_tokens(tokens),
             core=core,
             lnd=lnd,
             plugins=plugins,

@@ -294,6 +294,8 @@ def test_demo_shows_live_activity_and_stops_cleanly_on_sigterm(tmp_path):
             ),
             timeout=60,
         )
+    except TimeoutError:
+        pytest.fail("no payments or webhooks within 60 s:\n" + "".join(lines))
     finally:
         demo.send_signal(signal.SIGTERM)
         demo.wait(30)
@@ -301,7 +303,7 @@ def test_demo_shows_live_activity_and_stops_cleanly_on_sigterm(tmp_path):
     output = "".join(lines)
     assert demo.returncode == 0, output
     assert "Authorization: Bearer" in output and "/metrics" in output
-    assert "activity  failed" not in output
+    assert "activity  failed" not in output, output
     assert output.rstrip().endswith(f"demo stopped; its files are in {tmp_path}")
     # Everything it started is gone: simnet's and the daemon's ports are closed.
     config = tomllib.loads((tmp_path / "config.toml").read_text())
