@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import coincurve
 
-__all__ = ["DEFAULT_CLTV", "DEFAULT_EXPIRY", "Bolt11Error", "DecodedInvoice", "decode", "encode"]
+__all__ = ["DEFAULT_CLTV", "DEFAULT_EXPIRY", "Bolt11Error", "DecodedInvoice", "RouteHop", "decode", "encode"]
 
 CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _GEN = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
@@ -70,6 +70,37 @@ class DecodedInvoice:
     payment_secret: bytes = b""
     fallback_addr: str = ""
     feature_bits: tuple[int, ...] = field(default_factory=tuple)
+    route_hints: tuple[tuple[RouteHop, ...], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteHop:
+    """One hop of an `r` (private route) field: the node, its channel and the policy to use it."""
+
+    pubkey: bytes
+    short_channel_id: int
+    fee_base_msat: int
+    fee_proportional_millionths: int
+    cltv_expiry_delta: int
+
+    def pack(self) -> bytes:
+        return (
+            self.pubkey
+            + self.short_channel_id.to_bytes(8, "big")
+            + self.fee_base_msat.to_bytes(4, "big")
+            + self.fee_proportional_millionths.to_bytes(4, "big")
+            + self.cltv_expiry_delta.to_bytes(2, "big")
+        )
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> RouteHop:
+        return cls(
+            raw[:33],
+            int.from_bytes(raw[33:41], "big"),
+            int.from_bytes(raw[41:45], "big"),
+            int.from_bytes(raw[45:49], "big"),
+            int.from_bytes(raw[49:51], "big"),
+        )
 
 
 def _to5(data: bytes) -> bytes:
@@ -161,6 +192,7 @@ def encode(
     description_hash: bytes = b"",
     expiry: int = DEFAULT_EXPIRY,
     min_final_cltv: int = DEFAULT_CLTV,
+    route_hints: tuple[tuple[RouteHop, ...], ...] = (),
 ) -> str:
     """Build and sign a payment request; `network` is the bech32 prefix part, e.g. "bcrt"."""
     hrp = f"ln{network}{_amount_hrp(amount_msat)}"
@@ -173,6 +205,8 @@ def encode(
     if expiry != DEFAULT_EXPIRY:
         parts.append(_tagged(_TAG_EXPIRY, _int5(expiry)))
     parts.append(_tagged(_TAG_CLTV, _int5(min_final_cltv)))
+    for route in route_hints:
+        parts.append(_tagged(_TAG_ROUTE, _to5(b"".join(hop.pack() for hop in route))))
     parts.append(_tagged(_TAG_FEATURES, _features5(INVOICE_FEATURE_BITS)))
     data = b"".join(parts)
     digest = hashlib.sha256(hrp.encode() + _from5_padded(data)).digest()
@@ -268,6 +302,10 @@ def decode(payment_request: str) -> DecodedInvoice:
             out["description"] = _from5(chunk).decode("utf-8", "replace")
         elif tag == _TAG_DESCRIPTION_HASH and length == 52:
             out["description_hash"] = _from5(chunk)
+        elif tag == _TAG_ROUTE:
+            raw = _from5(chunk)
+            route = tuple(RouteHop.unpack(raw[i : i + 51]) for i in range(0, len(raw) - 50, 51))
+            out["route_hints"] = (*out.get("route_hints", ()), route)  # type: ignore[misc]
         elif tag == _TAG_PAYEE and length == 53:
             out["payee"] = _from5(chunk)
         elif tag in (_TAG_EXPIRY, _TAG_CLTV, _TAG_FEATURES):

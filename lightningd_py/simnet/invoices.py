@@ -28,6 +28,7 @@ __all__ = [
     "InvoiceError",
     "InvoiceRecord",
     "InvoiceRegistry",
+    "hint_proto",
 ]
 
 DEFAULT_INVOICE_EXPIRY = 86400
@@ -69,6 +70,7 @@ class InvoiceRecord:
     settle_date: int = 0
     amt_paid_msat: int = 0
     htlcs: list[ln.InvoiceHTLC] = field(default_factory=list)
+    route_hints: list[ln.RouteHint] = field(default_factory=list)
 
     def to_proto(self) -> ln.Invoice:
         # LND shows a hold invoice's preimage only once it knows it (at settlement): empty till then.
@@ -95,6 +97,7 @@ class InvoiceRecord:
             htlcs=self.htlcs,
             payment_addr=self.payment_addr,
             features=_INVOICE_FEATURES,
+            route_hints=self.route_hints,
         )
 
 
@@ -105,11 +108,33 @@ _INVOICE_FEATURES = {
 }
 
 
+def hint_proto(route: tuple[bolt11.RouteHop, ...]) -> ln.RouteHint:
+    return ln.RouteHint(
+        hop_hints=[
+            ln.HopHint(
+                node_id=hop.pubkey.hex(),
+                chan_id=hop.short_channel_id,
+                fee_base_msat=hop.fee_base_msat,
+                fee_proportional_millionths=hop.fee_proportional_millionths,
+                cltv_expiry_delta=hop.cltv_expiry_delta,
+            )
+            for hop in route
+        ]
+    )
+
+
 class InvoiceRegistry:
     """All invoices of the simulated node, plus the invoice streams' fan-out."""
 
-    def __init__(self, key: coincurve.PrivateKey, network: str, height: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        key: coincurve.PrivateKey,
+        network: str,
+        height: Callable[[], int],
+        hints: Callable[[int], tuple[tuple[bolt11.RouteHop, ...], ...]] = lambda amt: (),
+    ) -> None:
         self._key = key
+        self._hints = hints
         self._network = network
         self._height = height
         self.by_add: list[InvoiceRecord] = []
@@ -159,6 +184,8 @@ class InvoiceRegistry:
         cltv = cltv_expiry or DEFAULT_CLTV_EXPIRY
         now = int(time.time())
         payment_addr = secrets.token_bytes(32)
+        # Like LND, a private invoice carries hints for private channels that can take the amount.
+        hints = self._hints(value_msat) if private else ()
         pr = bolt11.encode(
             key=self._key,
             network=self._network,
@@ -170,6 +197,7 @@ class InvoiceRegistry:
             description_hash=description_hash,
             expiry=expiry,
             min_final_cltv=cltv,
+            route_hints=hints,
         )
         rec = InvoiceRecord(
             memo=memo,
@@ -185,6 +213,7 @@ class InvoiceRegistry:
             private=private,
             add_index=len(self.by_add) + 1,
             is_hold=hold,
+            route_hints=[hint_proto(route) for route in hints],
         )
         self.by_add.append(rec)
         self.by_hash[r_hash] = rec

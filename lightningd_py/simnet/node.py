@@ -18,6 +18,7 @@ import coincurve
 from lightningd_py.lnd.rpc import lightning_pb2 as ln
 from lightningd_py.lnd.rpc import router_pb2
 from lightningd_py.lnd.rpc import stateservice_pb2 as st
+from lightningd_py.simnet import bolt11
 from lightningd_py.simnet.hub import Hub
 from lightningd_py.simnet.invoices import InvoiceRegistry
 
@@ -232,7 +233,7 @@ class NodeModel:
         self.peer_events: Hub[ln.PeerEvent] = Hub()
         self.backup_events: Hub[ln.ChanBackupSnapshot] = Hub()
         self.htlc_events: Hub[router_pb2.HtlcEvent] = Hub()
-        self.invoices = InvoiceRegistry(self.key, "bcrt", lambda: self.block_height)
+        self.invoices = InvoiceRegistry(self.key, "bcrt", lambda: self.block_height, self.route_hints)
         self._tx_counter = 0
         for i in range(peers):
             alias_i = _ALIASES[i] if i < len(_ALIASES) else f"peer{i}"
@@ -279,6 +280,21 @@ class NodeModel:
         peer = Peer(key=key, alias=alias, address=f"127.0.0.1:{port}")
         self.peers[peer.pubkey] = peer
         return peer
+
+    def route_hints(self, amt_msat: int) -> tuple[tuple[bolt11.RouteHop, ...], ...]:
+        """Hop hints for private channels with the inbound room for `amt_msat` (at most 20, as LND)."""
+        hints = []
+        for chan in self.channels.values():
+            if chan.status == "open" and chan.private and chan.active and chan.remote_msat >= amt_msat:
+                hop = bolt11.RouteHop(
+                    bytes.fromhex(chan.remote_pubkey),
+                    chan.chan_id,
+                    chan.remote_base_fee_msat,
+                    chan.remote_fee_rate_ppm,
+                    chan.remote_time_lock_delta,
+                )
+                hints.append((hop,))
+        return tuple(hints[:20])
 
     def alias_of(self, pubkey: str) -> str:
         peer = self.peers.get(pubkey)

@@ -12,7 +12,7 @@ import grpc
 
 from lightningd_py.lnd.rpc import lightning_pb2 as ln
 from lightningd_py.simnet import bolt11
-from lightningd_py.simnet.invoices import InvoiceError
+from lightningd_py.simnet.invoices import InvoiceError, hint_proto
 from lightningd_py.simnet.rpc_channels import ChannelRpc
 
 if TYPE_CHECKING:
@@ -235,6 +235,7 @@ class LightningServicer(ChannelRpc):
             cltv_expiry=inv.min_final_cltv,
             payment_addr=inv.payment_secret,
             num_msat=inv.amount_msat,
+            route_hints=[hint_proto(route) for route in inv.route_hints],
         )
         names = {
             8: "tlv-onion",

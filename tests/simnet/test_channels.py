@@ -164,3 +164,22 @@ def test_control_new_peer_wallet_and_errors(simnet: SimnetProc) -> None:
     with pytest.raises(SimnetControlError) as err:
         control.forward("1:0", 5, 1000)
     assert err.value.status == 404 and err.value.message.startswith("in_chan:")
+
+
+def test_private_invoice_carries_route_hints(simnet: SimnetProc) -> None:
+    peer = simnet.control.add_peer("hidden")
+    opened = simnet.control.open_channel("hidden", 1_000_000, push_sat=400_000, private=True, confirm=True)
+
+    async def run() -> None:
+        async with simnet.channel() as ch:
+            lnd, _, _, _ = stubs(ch)
+            public = await lnd.AddInvoice(ln.Invoice(value_msat=1_000_000))
+            assert not (await lnd.DecodePayReq(ln.PayReqString(pay_req=public.payment_request))).route_hints
+            private = await lnd.AddInvoice(ln.Invoice(value_msat=1_000_000, private=True))
+            decoded = await lnd.DecodePayReq(ln.PayReqString(pay_req=private.payment_request))
+            hops = [route.hop_hints[0] for route in decoded.route_hints]
+            assert [(h.node_id, str(h.chan_id)) for h in hops] == [(peer["pubkey"], opened["chan_id"])]
+            looked = await lnd.LookupInvoice(ln.PaymentHash(r_hash=private.r_hash))
+            assert looked.private and looked.route_hints[0].hop_hints[0].chan_id == hops[0].chan_id
+
+    asyncio.run(run())
