@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
@@ -20,7 +20,7 @@ from lightningd_py.errors import LndError
 
 if TYPE_CHECKING:
     from lightningd_py.lnd.client import LndClient
-    from lightningd_py.lnd.types import PendingChannels
+    from lightningd_py.lnd.types import Channel, NodeInfo, PendingChannels, WalletBalance
 
 __all__ = ["ChannelState", "NodeSnapshot", "SnapshotPoller", "parse_chan_id", "short_channel_id"]
 
@@ -187,13 +187,11 @@ class SnapshotPoller:
         started = time.perf_counter()
         self.stats.last_attempt = time.time()
         try:
-            results: dict[str, Any] = {
-                "info": await lnd.get_info(),
-                "channels": await lnd.list_channels(),
-                "pending": await lnd.pending_channels(),
-                "wallet": await lnd.wallet_balance(),
-            }
-            await self._fill_aliases(lnd, [c.remote_pubkey for c in results["channels"] if not c.peer_alias])
+            info = await lnd.get_info()
+            channels = await lnd.list_channels()
+            pending = await lnd.pending_channels()
+            wallet = await lnd.wallet_balance()
+            await self._fill_aliases(lnd, [c.remote_pubkey for c in channels if not c.peer_alias])
         except LndError as exc:
             self.stats.failures += 1
             self.stats.up = False
@@ -201,7 +199,7 @@ class SnapshotPoller:
             self.stats.last_duration = time.perf_counter() - started
             log.debug("node snapshot failed", error=str(exc))
             return
-        self.snapshot = self._build(results)
+        self.snapshot = self._build(info, channels, pending, wallet)
         self.stats.refreshes += 1
         self.stats.up = True
         self.stats.last_error = ""
@@ -231,10 +229,10 @@ class SnapshotPoller:
         known = self._aliases.get(pubkey)
         return known.alias if known is not None else ""
 
-    def _build(self, results: dict[str, Any]) -> NodeSnapshot:
-        info = results["info"]
-        wallet = results["wallet"]
-        channels = tuple(
+    def _build(
+        self, info: NodeInfo, channels: list[Channel], pending: PendingChannels, wallet: WalletBalance
+    ) -> NodeSnapshot:
+        states = tuple(
             ChannelState(
                 chan_id=ch.chan_id,
                 channel_point=ch.channel_point,
@@ -247,7 +245,7 @@ class SnapshotPoller:
                 private=ch.private,
                 pending_htlcs=ch.num_pending_htlcs,
             )
-            for ch in results["channels"]
+            for ch in channels
         )
         return NodeSnapshot(
             taken_at=time.time(),
@@ -259,8 +257,8 @@ class SnapshotPoller:
             synced_to_chain=info.synced_to_chain,
             synced_to_graph=info.synced_to_graph,
             peers=info.num_peers,
-            pending_channels=_count_pending(results["pending"]),
-            channels=channels,
+            pending_channels=_count_pending(pending),
+            channels=states,
             wallet_confirmed_sat=wallet.confirmed_balance_sat,
             wallet_unconfirmed_sat=wallet.unconfirmed_balance_sat,
             wallet_locked_sat=wallet.locked_balance_sat,
