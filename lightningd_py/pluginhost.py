@@ -427,6 +427,7 @@ class PluginHost:
 
     def prepare_workers(self) -> None:
         """Find each plugin's event hooks and load its cursor (at start)."""
+        starts: dict[str, Any] | None = None
         for name, rt in self.runtimes.items():
             plugin = self.pm.get_plugin(name)
             rt.impls = {}
@@ -436,12 +437,15 @@ class PluginHost:
                         rt.impls[hook] = impl
             stored = self.journal.cursor(name)
             if stored is None:
-                start = [v for p, v in self.hooks.each_sync("ldp_journal_start") if p == name]
-                if start and start[0] not in (None, "beginning", "end"):
+                # Asked once for all plugins, so each implementation runs once.
+                if starts is None:
+                    starts = dict(self.hooks.each_sync("ldp_journal_start"))
+                start = starts.get(name)
+                if start not in (None, "beginning", "end"):
                     raise PluginError(
-                        name, f"ldp_journal_start returned {start[0]!r}; expected 'beginning' or 'end'"
+                        name, f"ldp_journal_start returned {start!r}; expected 'beginning' or 'end'"
                     )
-                stored = self.journal.last_id if start and start[0] == "end" else 0
+                stored = self.journal.last_id if start == "end" else 0
             rt.cursor = stored
 
     async def run_worker(

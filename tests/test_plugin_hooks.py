@@ -112,7 +112,7 @@ def test_every_hook_is_called_on_a_third_party_plugin(
     # services, routes and metrics registered before READY.
     assert called(record, "ldp_startup", settings="ProbeSettings")
     for hook in ("ldp_journal_start", "ldp_register_routes", "ldp_register_metrics"):
-        assert called(record, hook), hook
+        assert len(called(record, hook)) == 1, hook
     daemon.wait_for(lambda: called(record, "ldp_background_tasks", service="idle"))
 
     # Events from LND, one of each kind.
@@ -148,7 +148,7 @@ def test_every_hook_is_called_on_a_third_party_plugin(
         daemon.wait_for(lambda hook=hook, kind=kind: called(record, hook, type=kind), timeout=20)
     assert called(record, "ldp_event_detail", type="custom", source="probe", name="probe.settled_seen")
     seen = api_call(f"{api}/v1/probe/events", tokens["readonly"])["events"]
-    assert seen["invoice.settled"] == 1 and seen["custom"] == 1
+    assert seen["invoice.settled"] == 1 and seen["custom"] == 1  # one delivery per event
 
     # Decisions: the exchange rate and the webhook payload come from the probe.
     created = api_call(
@@ -156,10 +156,13 @@ def test_every_hook_is_called_on_a_third_party_plugin(
     )
     assert created["amount_msat"] == 10_000_000  # 4 EUR at 40,000 EUR/BTC
     assert called(record, "ldp_exchange_rate", currency="EUR")
-    daemon.wait_for(lambda: any(b.get("data", {}).get("probe") for b in receiver.bodies), timeout=20)
+    # Webhooks push only what happens after the daemon first caught up with LND (long
+    # done by now): a new settlement.
+    pushed = simnet.control.add_invoice(22_000, memo="pushed")
+    simnet.control.settle_invoice(pushed["payment_hash"])
+    expected_data = {"probe": True, "payment_hash": pushed["payment_hash"]}
+    daemon.wait_for(lambda: any(b.get("data") == expected_data for b in receiver.bodies), timeout=20)
     assert called(record, "ldp_webhook_payload", type="invoice.settled")
-    body = next(b for b in receiver.bodies if b.get("data", {}).get("probe"))
-    assert body["data"]["payment_hash"] == invoice["payment_hash"]
 
     # Health and metrics contributions.
     health = api_call(f"{api}/v1/health", tokens["readonly"])
