@@ -116,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--interval", type=float, default=3.0, help="mean seconds between payments (default: 3)"
     )
+    demo.add_argument("--api-port", type=int, default=8080, help="HTTP API port if free (0: any free port)")
+    demo.add_argument(
+        "--metrics-port", type=int, default=9108, help="metrics port if free (0: any free port)"
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -184,7 +188,7 @@ def _cmd_plugins(ns: argparse.Namespace) -> int:
 def _cmd_demo(ns: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(ns.dir, ns.interval)
+    return run_demo(ns.dir, ns.interval, api_port=ns.api_port, metrics_port=ns.metrics_port)
 
 
 # ---------------------------------------------------------------- init

@@ -557,11 +557,15 @@ def _activity(simnet: SimnetProcess, daemon: DaemonProcess, stop: threading.Even
             _say(f"  activity  failed: {type(exc).__name__}: {exc}")
 
 
-def run_demo(directory: Path | None = None, interval: float = 3.0) -> int:
+def run_demo(
+    directory: Path | None = None, interval: float = 3.0, *, api_port: int = 8080, metrics_port: int = 9108
+) -> int:
     """Run the demo until Ctrl-C or SIGTERM; everything it started is stopped.
 
     :param directory: where its files go (default: a new temporary directory).
     :param interval: mean seconds between payments.
+    :param api_port: the HTTP API's port when free (else, or when 0, any free port).
+    :param metrics_port: the same for the metrics endpoint.
     """
     root = Path(directory).absolute() if directory else Path(tempfile.mkdtemp(prefix="lightningd-py-demo-"))
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
@@ -577,8 +581,8 @@ def run_demo(directory: Path | None = None, interval: float = 3.0) -> int:
         receiver = WebhookReceiver()
         print(f"  receiver  webhooks to {receiver.url}")
         tokens = new_tokens()
-        api = f"127.0.0.1:{free_port(preferred=8080)}"
-        metrics = f"127.0.0.1:{free_port(preferred=9108)}"
+        api = f"127.0.0.1:{free_port(preferred=api_port)}"
+        metrics = f"127.0.0.1:{free_port(preferred=metrics_port)}"
         endpoint = {"name": "demo", "url": receiver.url, "events": ["*"], "secret": new_webhook_secret()}
         data = daemon_config(
             simnet,

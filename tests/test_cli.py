@@ -277,8 +277,9 @@ def test_run_refuses_a_bad_config_with_exit_2(ldp_config_factory, ldp_daemon_fac
 
 
 def test_demo_shows_live_activity_and_stops_cleanly_on_sigterm(tmp_path):
+    args = ["demo", "--dir", str(tmp_path), "--interval", "0.3", "--api-port", "0", "--metrics-port", "0"]
     demo = subprocess.Popen(
-        [sys.executable, "-m", "lightningd_py.cli", "demo", "--dir", str(tmp_path), "--interval", "0.3"],
+        [sys.executable, "-m", "lightningd_py.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
