@@ -46,7 +46,7 @@ MIGRATIONS = [
 ]
 
 # How many recent events stay decoded in memory for workers that keep up.
-CACHE_SIZE = 20_000
+CACHE_SIZE = 4_096
 
 
 class Journal:

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from cryptography import x509
-
 from ..errors import ConfigError
 
 __all__ = [
@@ -172,6 +170,9 @@ def parse_lndconnect(uri: str, key: str = "lnd.lndconnect") -> LndConnectURI:
 
 def _der_to_pem(der: bytes) -> bytes | None:
     """PEM for a DER certificate, or None when the bytes are not one."""
+    # Imported here: only lndconnect URIs need it, and it costs ~10 MB resident.
+    from cryptography import x509
+
     try:
         x509.load_der_x509_certificate(der)
     except ValueError:
