@@ -197,7 +197,11 @@ def plugin_schemas(pm: PluginManager) -> dict[str, Any]:
 def describe_plugins(pm: PluginManager, config: Config | None = None) -> list[dict[str, Any]]:
     """Name, version, origin, enabled state and implemented hooks of every plugin."""
     rows = []
-    for name, info in pm.infos.items():
+    # In call order: built-ins first, then third-party plugins by name.
+    for name in plugin_names(pm):
+        info = pm.infos.get(name)
+        if info is None:
+            continue
         plugin = pm.get_plugin(name)
         hooks = sorted(c.name for c in (pm.get_hookcallers(plugin) or []))
         enabled = config.enabled.get(name, True) if config is not None else True
