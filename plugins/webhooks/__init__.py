@@ -96,7 +96,7 @@ async def ldp_startup(daemon: Daemon) -> None:
 @hookimpl
 def ldp_background_tasks(daemon: Daemon) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
     service = _services[daemon]
-    return [("delivery", service.run), ("prune", service.prune)]
+    return [("delivery", service.run), ("prune", service.prune), ("first-sync", service.watch_first_sync)]
 
 
 @hookimpl
@@ -158,4 +158,10 @@ def ldp_health(daemon: Daemon) -> Mapping[str, Any] | None:
     if service is None:
         return None
     # Endpoint trouble is the receiver's, not the daemon's: reported, never unhealthy.
-    return {"ok": True, "endpoints": {name: w.health() for name, w in service.workers.items()}}
+    return {
+        # False until LND first caught up after the plugin was enabled: until then what
+        # the daemon learns is the node's history, which is not pushed.
+        "live": service.history_until is not None,
+        "ok": True,
+        "endpoints": {name: w.health() for name, w in service.workers.items()},
+    }

@@ -32,11 +32,14 @@ __all__ = ["WebhookService"]
 
 _json = msgspec.json.Encoder()
 _REACHABLE_KEY = "node.reachable"
+_HISTORY_KEY = "history_until"
 _SELECT_ONE = (
     "SELECT msg_id, endpoint, event_type, event_time, body, attempts, next_attempt_at "
     "FROM webhooks_deliveries WHERE id = ?"
 )
 _PRUNE_EVERY = 3600.0
+# NodeStatus.extra key the LND stream readers set once every stream caught up.
+_STREAMS_READY = "streams_ready"
 
 
 class WebhookService:
@@ -52,6 +55,8 @@ class WebhookService:
         self.metrics = WebhookMetrics(lambda: depths(self.workers))
         self._session: aiohttp.ClientSession | None = None
         self._reachable: bool | None = None
+        # Journal id of the last event of the history (see _is_history); None until then.
+        self.history_until: int | None = None
         self._reconfigured = anyio.Event()
         for ep in settings.endpoints:
             if ep.enabled:
@@ -80,11 +85,14 @@ class WebhookService:
             },
             raise_for_status=False,
         )
-        row = await self._daemon.store.fetchone(
-            "SELECT value FROM webhooks_state WHERE key = ?", (_REACHABLE_KEY,)
-        )
-        if row is not None:
-            self._reachable = row["value"] == "true"
+        rows = await self._daemon.store.fetchall("SELECT key, value FROM webhooks_state")
+        state = {r["key"]: r["value"] for r in rows}
+        if _REACHABLE_KEY in state:
+            self._reachable = state[_REACHABLE_KEY] == "true"
+        if _HISTORY_KEY in state:
+            self.history_until = int(state[_HISTORY_KEY])
+        elif self._daemon.node.extra.get(_STREAMS_READY):
+            await self._end_history()
         for worker in self.workers.values():
             await worker.load()
 
@@ -146,6 +154,32 @@ class WebhookService:
 
     # ------------------------------------------------------------ events -> outbox
 
+    def _is_history(self, event: Event) -> bool:
+        """Whether the event is part of the node's history learnt while the daemon first
+        caught up with LND after this plugin was enabled (every existing invoice,
+        channel and payment): recorded by the daemon, never pushed to endpoints."""
+        return self.history_until is None or event.id <= self.history_until
+
+    async def _end_history(self) -> None:
+        """Everything journaled so far is history (called once, when LND first caught up)."""
+        if self.history_until is not None:
+            return
+        self.history_until = self._daemon.journal.last_id
+        await self._daemon.store.execute(
+            "INSERT OR IGNORE INTO webhooks_state (key, value) VALUES (?, ?)",
+            (_HISTORY_KEY, str(self.history_until)),
+        )
+
+    async def watch_first_sync(self) -> None:
+        """Mark the end of the history once LND's streams first caught up. The daemon
+        exposes that as state (``node.extra``), not as an event: look every 10 ms (a
+        live event journaled in those 10 ms after the first catch-up counts as history)."""
+        while self.history_until is None:
+            if self._daemon.node.extra.get(_STREAMS_READY):
+                await self._end_history()
+                return
+            await anyio.sleep(0.01)
+
     async def handle_event(self, event: Event) -> None:
         """Write one outbox row per endpoint that wants the event, then hand the
         deliveries to the workers. Idempotent: a replayed event finds its rows."""
@@ -158,7 +192,7 @@ class WebhookService:
                 (_REACHABLE_KEY, "true" if event.reachable else "false"),
             )
         name = webhook_event_name(event, previously)
-        if name is None:
+        if name is None or self._is_history(event):
             return
         targets = [worker for worker in self.workers.values() if name in worker.filter]
         if not targets:

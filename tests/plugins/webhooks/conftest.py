@@ -160,7 +160,7 @@ def write_config(state_dir: Path, table: dict[str, Any]) -> Path:
 
 @asynccontextmanager
 async def run_plugin(
-    state_dir: Path, table: dict[str, Any], others: dict[str, object] | None = None
+    state_dir: Path, table: dict[str, Any], others: dict[str, object] | None = None, *, ready: bool = True
 ) -> AsyncIterator[RunningDaemon]:
     """The webhooks plugin (and ``others``, plugin objects by name) in the daemon's plugin
     host, started the way the supervisor starts plugins (migrations, startup, metrics,
@@ -172,13 +172,15 @@ async def run_plugin(
     journal = Journal(store)
     journal.open()
     registry = CollectorRegistry(auto_describe=True)
+    # LND stands in as connected and caught up (what the stream readers report).
+    node = NodeStatus(state="SERVER_ACTIVE", reachable=True, active=True, extra={"streams_ready": ready})
     host = PluginHost(
         config=config,
         pm=pm,
         store=store,
         journal=journal,
         registry=registry,
-        node=NodeStatus(),
+        node=node,
         lnd=None,  # type: ignore[arg-type]
     )
     for name, migrations in host.hooks.each_sync("ldp_migrations"):

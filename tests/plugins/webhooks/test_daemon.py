@@ -33,11 +33,13 @@ def api(daemon: Any, method: str, path: str, body: dict[str, Any] | None = None)
         return json.loads(response.read() or b"null")
 
 
-def lnd_active(daemon: Any) -> bool:
+def webhooks_live(daemon: Any) -> bool:
+    """LND caught up and the webhooks plugin pushes what happens from now on."""
     try:
-        return bool(api(daemon, "GET", "/v1/health")["lnd"]["active"])
+        health = api(daemon, "GET", "/v1/health")
     except urllib.error.HTTPError:
         return False
+    return bool(health["lnd"]["active"] and health["checks"]["webhooks"]["live"])
 
 
 def webhooks_table(
@@ -72,7 +74,7 @@ def test_events_made_on_the_node_reach_the_receiver(
     daemon = ldp_daemon_factory(plugins=plugins, lnd={"invoice_sweep_interval": 1})
     ctl = daemon.simnet.control
     peer = ctl.state()["channel_list"][0]["peer"]
-    daemon.wait_for(lambda: lnd_active(daemon), 15)
+    daemon.wait_for(lambda: webhooks_live(daemon), 15)
 
     paid = ctl.add_invoice(value_msat=21_000, memo="order 1")
     ctl.settle_invoice(paid["payment_hash"])
@@ -165,6 +167,7 @@ def test_kill9_with_pending_deliveries_then_restart(
         retry_jitter=0,
     )
     daemon = ldp_daemon_factory(plugins=plugins)
+    daemon.wait_for(lambda: webhooks_live(daemon), 15)
     ctl = daemon.simnet.control
     hashes = [ctl.add_invoice(value_msat=1000 + i, memo=f"order {i}")["payment_hash"] for i in range(count)]
     for h in hashes[: count // 2]:
@@ -220,7 +223,7 @@ def test_secret_rotation_by_sighup_without_downtime(
     old, new = generate_secret(), generate_secret()
     config = ldp_config_factory(plugins=webhooks_table(receiver, old, ["payment.confirmed"]))
     daemon = ldp_daemon_factory(config)
-    daemon.wait_for(lambda: lnd_active(daemon), 15)
+    daemon.wait_for(lambda: webhooks_live(daemon), 15)
     ctl = daemon.simnet.control
 
     def pay_and_wait(count: int) -> Received:

@@ -381,3 +381,23 @@ async def test_webhook_payload_hook_decides_the_data(tmp_path: Path, receivers: 
     assert by_type["payment.confirmed"]["order_id"] == "7"
     # Not JSON: the default payload is sent instead.
     assert by_type["invoice.created"]["memo"] == "order 7" and "when" not in by_type["invoice.created"]
+
+
+async def test_history_learnt_while_first_catching_up_is_not_pushed(tmp_path: Path, receivers: Any) -> None:
+    receiver = await receivers()
+    ep = endpoint("shop", receiver, ["payment.confirmed"])
+    async with run_plugin(tmp_path, {"endpoints": [ep]}, ready=False) as d:
+        # First start: LND's history (every invoice it ever settled) is being journaled.
+        await d.append([InvoiceSettled(payment_hash=f"{i:064x}") for i in range(5)])
+        await eventually(lambda: d.host.runtimes["webhooks"].cursor == d.journal.last_id)
+        d.host.node.extra["streams_ready"] = True
+        await eventually(lambda: d.service.history_until == 5)
+        await d.append([InvoiceSettled(payment_hash="ee" * 32)])
+        await receiver.wait_for(1)
+        await d.settled()
+    # The boundary is kept: after a restart, events the daemon catches up on are sent.
+    async with run_plugin(tmp_path, {"endpoints": [ep]}, ready=False) as d:
+        await d.append([InvoiceSettled(payment_hash="ff" * 32)])
+        await receiver.wait_for(2)
+        await anyio.sleep(0.2)
+    assert [json.loads(i.body)["data"]["payment_hash"] for i in receiver.received] == ["ee" * 32, "ff" * 32]
