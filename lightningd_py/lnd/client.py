@@ -53,7 +53,13 @@ from .types import (
 if TYPE_CHECKING:
     from .link import Stubs
 
-__all__ = ["PAYMENT_DEADLINE_MARGIN", "LndClient", "PaymentUpdateCallback"]
+__all__ = [
+    "PAYMENT_DEADLINE_MARGIN",
+    "LndClient",
+    "PaymentUpdateCallback",
+    "invoice_from_proto",
+    "payment_from_proto",
+]
 
 PAYMENT_DEADLINE_MARGIN = 15.0
 """Seconds added to a payment's ``timeout_seconds`` for the SendPaymentV2 deadline:
