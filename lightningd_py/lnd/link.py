@@ -172,7 +172,7 @@ class LndLink:
         """Whether LND is SERVER_ACTIVE and ``on_active`` runs."""
         return self._active.is_set()
 
-    async def wait_active(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+    async def wait_active(self, timeout: float | None = None) -> bool:
         """Wait until LND is SERVER_ACTIVE and ``on_active`` has been started;
         False when ``timeout`` seconds pass first."""
         try:

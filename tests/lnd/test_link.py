@@ -70,7 +70,7 @@ class Recorder:
     async def wait_for(
         self,
         predicate: Callable[[NodeStatus], bool],
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float = 10.0,
     ) -> NodeStatus:
         async with asyncio.timeout(timeout):
             while True:
