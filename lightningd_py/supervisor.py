@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import structlog
+from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry
 
 from .config import Config, load_config, reload_config
@@ -144,7 +145,7 @@ class Supervisor:
             await root.start(store.run)
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._signals, tg.cancel_scope)
+                    await tg.start(self._signals, tg.cancel_scope)
                     try:
                         with anyio.fail_after(STARTUP_TIMEOUT):
                             await self._start_plugins(host)
@@ -248,8 +249,12 @@ class Supervisor:
                 self.notifier.send("WATCHDOG=1")
             await anyio.sleep(interval)
 
-    async def _signals(self, scope: anyio.CancelScope) -> None:
+    async def _signals(
+        self, scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            # Handlers are in place before READY=1 goes out.
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     await self._reload()
