@@ -392,3 +392,34 @@ def test_lnd_going_away_marks_the_snapshot_down_and_back(node: Any) -> None:
     control.unlock()
     node.wait_for(lambda: value(scrape(node)[1], "lightningd_node_snapshot_up") == 1, timeout=20)
     assert value(scrape(node)[1], "lightningd_node_snapshot_timestamp_seconds") > stamp
+
+
+def test_channels_opened_and_closed_are_remembered(node: Any) -> None:
+    control = node.simnet.control
+    peer = control.state()["channel_list"][0]["peer"]
+    opened = control.open_channel(peer, 2_000_000, confirm=True)
+    chan_id = int(opened["chan_id"])
+
+    def listed() -> dict | None:
+        status, body = api(node, "/v1/analytics/channels")
+        rows = [r for r in body["channels"] if r["chan_id"] == chan_id] if status == 200 else []
+        return rows[0] if rows else None
+
+    row = node.wait_for(lambda: (r := listed()) is not None and r["opened"] and r["open"] and r, timeout=15)
+    assert row["capacity_sat"] == 2_000_000 and row["peer_pubkey"] == peer
+    scid = f"{chan_id >> 40}x{(chan_id >> 16) & 0xFFFFFF}x{chan_id & 0xFFFF}"
+    node.wait_for(
+        lambda: any(
+            k[0] == "lightningd_channel_capacity_sat" and ("scid", scid) in k[1] and v == 2_000_000
+            for k, v in scrape(node)[1].items()
+        ),
+        timeout=10,
+    )
+
+    control.close_channel(chan_id, confirm=True)
+    row = node.wait_for(
+        lambda: (r := listed()) is not None and r["closed"] and not r["open"] and r, timeout=15
+    )
+    assert row["opened"] <= row["closed"]
+    status, one = api(node, f"/v1/analytics/channels/{scid}")
+    assert status == 200 and one["open"] is False and one["closed"] == row["closed"]
