@@ -99,6 +99,8 @@ def _describe_error(exc: BaseException) -> str:
         return f"cannot connect: {reason}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server closed the connection"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"request failed: {exc.strerror}"
     return f"request failed: {type(exc).__name__}"
 
 
@@ -312,7 +314,7 @@ class EndpointWorker:
                 await response.content.read(_MAX_RESPONSE_READ)
         except TimeoutError:
             outcome, error = "timeout", f"no response within {settings.timeout:g} s"
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             outcome, error = "connection_error", _describe_error(exc)
         now = time.time()
         delivery.attempts += 1

@@ -253,10 +253,7 @@ class WebhookService:
         delivery = Delivery(msg_id, endpoint, TEST_EVENT, now, body, due=now, done=anyio.Event())
         row_id = await self._daemon.store.write(
             lambda conn: (
-                conn.execute(
-                    INSERT_SQL.replace("INSERT OR IGNORE", "INSERT"),
-                    (msg_id, None, endpoint, TEST_EVENT, now, body, now, now),
-                ).lastrowid
+                conn.execute(INSERT_SQL, (msg_id, None, endpoint, TEST_EVENT, now, body, now, now)).lastrowid
             )
         )
         worker.offer(delivery, new=True)
@@ -265,8 +262,8 @@ class WebhookService:
         return {"id": row_id, "webhook_id": msg_id}
 
     async def redeliver(self, row_id: int) -> str:
-        """Put a delivered or failed delivery back in the queue with a fresh retry schedule and the same
-        webhook-id, so a receiver that already has it can recognise it.
+        """Put a delivered or failed delivery back in the queue with a fresh retry
+        schedule and the same webhook-id, so a receiver that already has it can tell.
 
         :return: ``"queued"``, ``"not_found"`` (no such delivery) or ``"no_endpoint"``
             (its endpoint is no longer configured or is disabled).
