@@ -401,3 +401,23 @@ async def test_history_learnt_while_first_catching_up_is_not_pushed(tmp_path: Pa
         await receiver.wait_for(2)
         await anyio.sleep(0.2)
     assert [json.loads(i.body)["data"]["payment_hash"] for i in receiver.received] == ["ee" * 32, "ff" * 32]
+
+
+async def test_timeout_counts_as_a_failed_attempt(tmp_path: Path, receivers: Any) -> None:
+    receiver = await receivers()
+
+    async def slow_once(item: Received) -> tuple[int, dict[str, str]]:
+        if len(receiver.attempts) == 1:
+            await anyio.sleep(1.0)
+        return 200, {}
+
+    receiver.behaviour = slow_once
+    ep = endpoint("shop", receiver, ["payment.sent"], timeout=0.2)
+    async with run_plugin(tmp_path, {"endpoints": [ep], "retry_schedule": [0, 0.1, 0.1]}) as d:
+        await d.append([PaymentSucceeded(payment_hash="01" * 32)])
+        await eventually(lambda: len(receiver.attempts) >= 2)
+        await d.settled()
+        health = d.service.workers["shop"].health()
+        row = await d.daemon.store.fetchone("SELECT status, attempts FROM webhooks_deliveries")
+    assert tuple(row) == ("delivered", 2)
+    assert health["last_error"] == "no response within 0.2 s" and health["success_rate"] == 0.5
