@@ -421,3 +421,39 @@ async def test_timeout_counts_as_a_failed_attempt(tmp_path: Path, receivers: Any
         row = await d.daemon.store.fetchone("SELECT status, attempts FROM webhooks_deliveries")
     assert tuple(row) == ("delivered", 2)
     assert health["last_error"] == "no response within 0.2 s" and health["success_rate"] == 0.5
+
+
+async def test_reload_adds_and_removes_endpoints(tmp_path: Path, receivers: Any) -> None:
+    from lightningd_py.plugins.webhooks.settings import WebhooksSettings
+
+    first, second = await receivers(), await receivers()
+    up = False
+
+    async def gate(item: Received) -> tuple[int, dict[str, str]]:
+        return (200, {}) if up else (503, {})
+
+    first.behaviour = gate
+    one = endpoint("one", first, ["payment.confirmed"])
+    two = endpoint("two", second, ["payment.confirmed"])
+    table = {"endpoints": [one], "retry_schedule": [0] + [0.2] * 20}
+    async with run_plugin(tmp_path, table) as d:
+        await d.append([InvoiceSettled(payment_hash=f"{i:064x}") for i in range(10)])
+        await eventually(lambda: len(first.attempts) >= 10)
+        # Add an endpoint and resize the first: the workers are rebuilt; the first's
+        # backlog comes back from the outbox.
+        d.service.reload(
+            WebhooksSettings.model_validate({**table, "endpoints": [one | {"concurrency": 2}, two]})
+        )
+        await eventually(lambda: set(d.service.workers) == {"one", "two"})
+        await d.append([InvoiceSettled(payment_hash="aa" * 32)])
+        await second.wait_for(1)
+        up = True
+        await first.wait_for(11)
+        # Removing an endpoint stops its deliveries; its rows stay in the outbox.
+        d.service.reload(WebhooksSettings.model_validate({**table, "endpoints": [one]}))
+        await eventually(lambda: set(d.service.workers) == {"one"})
+        await d.append([InvoiceSettled(payment_hash="bb" * 32)])
+        await first.wait_for(12)
+        await anyio.sleep(0.2)
+    assert len(second.received) == 1
+    assert len({i.headers["webhook-id"] for i in first.received}) == 12
