@@ -381,7 +381,6 @@ class EndpointWorker:
         results = self._results
         return {
             "name": self.name,
-            "enabled": True,
             "success_rate": (sum(results) / len(results)) if results else None,
             "recent_attempts": len(results),
             "consecutive_failures": self.consecutive_failures,

@@ -66,14 +66,15 @@ class EndpointHealth(BaseModel):
     url: str = Field(description="Scheme, host and path only (query strings may hold tokens).")
     events: list[str]
     enabled: bool
-    success_rate: float | None = Field(description="Share of the last 100 attempts that got a 2xx.")
-    recent_attempts: int
-    consecutive_failures: int
-    last_error: str | None
-    last_error_at: float | None
-    last_success_at: float | None
-    queue_depth: int
-    in_flight: int
+    # A disabled endpoint has no worker: the defaults describe it.
+    success_rate: float | None = Field(None, description="Share of the last 100 attempts that got a 2xx.")
+    recent_attempts: int = 0
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_success_at: float | None = None
+    queue_depth: int = 0
+    in_flight: int = 0
 
 
 class EndpointList(BaseModel):
@@ -107,21 +108,7 @@ def register_routes(service: WebhookService, router: RouteRegistry) -> None:
         out = []
         for ep in service.settings.endpoints:
             worker = service.workers.get(ep.name)
-            health: dict[str, Any] = (
-                worker.health()
-                if worker is not None
-                else {
-                    "name": ep.name,
-                    "success_rate": None,
-                    "recent_attempts": 0,
-                    "consecutive_failures": 0,
-                    "last_error": None,
-                    "last_error_at": None,
-                    "last_success_at": None,
-                    "queue_depth": 0,
-                    "in_flight": 0,
-                }
-            )
+            health: dict[str, Any] = worker.health() if worker is not None else {"name": ep.name}
             health.update(url=public_url(ep.url), events=list(ep.events), enabled=worker is not None)
             out.append(EndpointHealth(**health))
         return EndpointList(endpoints=out)
