@@ -1,8 +1,11 @@
-"""Fixtures for the metrics plugin's unit tests: the plugin's tables on a real sqlite
-database behind the daemon's own batching store, and scripted events with known ids."""
+"""Fixtures for the metrics plugin's tests: the plugin's tables on a real sqlite
+database behind the daemon's own batching store, and promtool."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -34,3 +37,19 @@ def metrics_store(tmp_path: Path) -> Callable[[], AbstractAsyncContextManager[St
         await store.close()
 
     return open_store
+
+
+@pytest.fixture
+def promtool() -> Callable[[bytes], None]:
+    """``promtool(text)``: assert that ``promtool check metrics`` accepts the exposition.
+    Skips when promtool is missing, except in CI (CI=true), where that is a failure."""
+    if shutil.which("promtool") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("promtool is missing (Debian package prometheus)")
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+
+    def check(text: bytes) -> None:
+        result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30)
+        assert result.returncode == 0, (result.stdout + result.stderr).decode()
+
+    return check

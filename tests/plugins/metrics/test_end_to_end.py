@@ -11,11 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import shutil
-import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -59,15 +57,6 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
-def promtool(text: bytes) -> None:
-    if shutil.which("promtool") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is missing (Debian package prometheus)")
-        pytest.skip("promtool is not installed (apt-get install prometheus)")
-    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30)
-    assert result.returncode == 0, (result.stdout + result.stderr).decode()
-
-
 @pytest.fixture
 def node(ldp_daemon_factory: Any) -> Any:
     daemon = ldp_daemon_factory(plugins={"metrics": {"refresh_interval": 1.0, "sample_interval": 10.0}})
@@ -82,7 +71,7 @@ def node(ldp_daemon_factory: Any) -> Any:
     return daemon
 
 
-def test_scripted_activity_in_metrics_and_analytics(node: Any) -> None:
+def test_scripted_activity_in_metrics_and_analytics(node: Any, promtool: Callable[[bytes], None]) -> None:
     control = node.simnet.control
     channels = [c for c in control.state()["channel_list"] if c["status"] == "open" and c["active"]]
     a, b, c = (int(ch["chan_id"]) for ch in channels[:3])
