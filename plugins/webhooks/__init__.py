@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from lightningd_py.hookspecs import hookimpl
+from lightningd_py.api import hookimpl
 
 from .outbox import MIGRATIONS
 from .routes import register_routes
@@ -23,17 +23,17 @@ from .settings import WebhooksSettings
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from lightningd_py.daemon import Daemon
-    from lightningd_py.events import (
+    from lightningd_py.api import (
         ChannelEvent,
+        Daemon,
         Event,
         ForwardEvent,
         InvoiceEvent,
+        Migration,
         NodeStateEvent,
         PaymentEvent,
+        RouteRegistry,
     )
-    from lightningd_py.store import Migration
-    from lightningd_py.web import RouteRegistry
 
 __all__ = [
     "WebhookService",

@@ -33,7 +33,7 @@ from .outbox import Delivery, delivery_from_row
 from .signing import sign_headers
 
 if TYPE_CHECKING:
-    from lightningd_py.store import StoreHandle
+    from lightningd_py.api import StoreHandle
 
     from .metrics import WebhookMetrics
     from .settings import EndpointSettings, WebhooksSettings

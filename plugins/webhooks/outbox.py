@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from lightningd_py.store import Migration
+from lightningd_py.api import Migration
 
 __all__ = [
     "INSERT_SQL",

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
-from lightningd_py.web import ApiError, ApiRequest, RouteRegistry
+from lightningd_py.api import ApiError, ApiRequest, RouteRegistry
 
 from .outbox import row_to_api
 

@@ -14,7 +14,7 @@ import anyio
 import msgspec
 
 from lightningd_py import __version__
-from lightningd_py.events import Event, NodeStateEvent
+from lightningd_py.api import Event, NodeStateEvent
 
 from .catalogue import TEST_EVENT, default_payload, iso_timestamp, webhook_event_name
 from .delivery import EndpointWorker, depths
@@ -23,8 +23,7 @@ from .outbox import INSERT_SQL, Delivery, delivery_from_row
 from .signing import message_id
 
 if TYPE_CHECKING:
-    from lightningd_py.daemon import Daemon
-    from lightningd_py.store import StoreHandle
+    from lightningd_py.api import Daemon, StoreHandle
 
     from .settings import EndpointSettings, WebhooksSettings
 

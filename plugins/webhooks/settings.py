@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from lightningd_py.config import PluginSettings, resolve_secret_ref
+from lightningd_py.api import PluginSettings
+from lightningd_py.config import resolve_secret_ref
 
 from .catalogue import pattern_problem
 from .signing import SigningKey

@@ -74,7 +74,7 @@ def test_events_made_on_the_node_reach_the_receiver(
     daemon = ldp_daemon_factory(plugins=plugins, lnd={"invoice_sweep_interval": 1})
     ctl = daemon.simnet.control
     peer = ctl.state()["channel_list"][0]["peer"]
-    daemon.wait_for(lambda: webhooks_live(daemon), 15)
+    daemon.wait_for(lambda: webhooks_live(daemon), 30)
 
     paid = ctl.add_invoice(value_msat=21_000, memo="order 1")
     ctl.settle_invoice(paid["payment_hash"])
@@ -167,7 +167,7 @@ def test_kill9_with_pending_deliveries_then_restart(
         retry_jitter=0,
     )
     daemon = ldp_daemon_factory(plugins=plugins)
-    daemon.wait_for(lambda: webhooks_live(daemon), 15)
+    daemon.wait_for(lambda: webhooks_live(daemon), 30)
     ctl = daemon.simnet.control
     hashes = [ctl.add_invoice(value_msat=1000 + i, memo=f"order {i}")["payment_hash"] for i in range(count)]
     for h in hashes[: count // 2]:
@@ -223,7 +223,7 @@ def test_secret_rotation_by_sighup_without_downtime(
     old, new = generate_secret(), generate_secret()
     config = ldp_config_factory(plugins=webhooks_table(receiver, old, ["payment.confirmed"]))
     daemon = ldp_daemon_factory(config)
-    daemon.wait_for(lambda: webhooks_live(daemon), 15)
+    daemon.wait_for(lambda: webhooks_live(daemon), 30)
     ctl = daemon.simnet.control
 
     def pay_and_wait(count: int) -> Received:
