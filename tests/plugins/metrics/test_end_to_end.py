@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from lightningd_py.plugins.metrics import models
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -187,6 +188,7 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any, promtool: Callabl
 
     # ---------------------------------------------------------------- analytics
     status, summary = api(node, "/v1/analytics/summary")
+    models.SummaryOut.model_validate(summary)  # the documented shape, exactly
     assert status == 200
     assert summary["today"]["invoices"]["settled"] == 2
     assert summary["today"]["forwards"]["fees_earned_msat"] == 1_500
@@ -194,6 +196,7 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any, promtool: Callabl
     assert summary["balances"]["channels_local_sat"] == value(s, "lightningd_channels_local_balance_sat")
 
     status, pays = api(node, "/v1/analytics/payments")
+    models.PaymentsOut.model_validate(pays)  # the documented shape, exactly
     assert status == 200
     assert pays["outgoing"] | {"fee_ppm": None, "average_sat": None} == {
         "succeeded": 1,
@@ -222,6 +225,7 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any, promtool: Callabl
     }
 
     status, fees = api(node, "/v1/analytics/fees")
+    models.FeesOut.model_validate(fees)  # the documented shape, exactly
     assert status == 200
     assert (fees["earned_msat"], fees["paid_msat"], fees["rebalance_msat"]) == (
         1_500,
@@ -236,6 +240,7 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any, promtool: Callabl
         assert comparison["savings_sat"] == round(expected - fee_paid / 1000, 3)
 
     status, chans = api(node, "/v1/analytics/channels")
+    models.ChannelsOut.model_validate(chans)  # the documented shape, exactly
     assert status == 200
     perf = {row["chan_id"]: row["performance"] for row in chans["channels"]}
     assert (perf[b]["forwards_out"], perf[b]["volume_out_msat"], perf[b]["fees_earned_msat"]) == (
@@ -257,11 +262,13 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any, promtool: Callabl
 
     scid_b = f"{b >> 40}x{(b >> 16) & 0xFFFFFF}x{b & 0xFFFF}"
     status, one = api(node, f"/v1/analytics/channels/{scid_b}?points=10")
+    models.ChannelDetail.model_validate(one)  # the documented shape, exactly
     assert status == 200 and one["chan_id"] == b and one["open"] is True
     assert one["performance"]["fees_earned_msat"] == 1_000
     assert one["balance_series"] and 0 <= one["balance_series"][-1]["balance_ratio"] <= 1
 
     status, page = api(node, "/v1/analytics/history?limit=3")
+    models.HistoryPage.model_validate(page)  # the documented shape, exactly
     assert status == 200 and len(page["items"]) == 3 and page["next_cursor"]
     items = list(page["items"])
     while page["next_cursor"]:
@@ -281,6 +288,7 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any, promtool: Callabl
     assert [(i["amount_msat"], i["fee_msat"]) for i in only["items"]] == [(700_000, 500)]
 
     status, report = api(node, "/v1/analytics/report?period=day")
+    models.ReportOut.model_validate(report)  # the documented shape, exactly
     assert status == 200
     assert report["forwards"]["fees_earned_msat"] == 1_500 and len(report["breakdown"]) == 24
     assert report["fees"]["net_msat"] == 1_500 - fee_paid - rebalance_fee
