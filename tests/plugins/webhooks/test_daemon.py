@@ -76,6 +76,7 @@ def test_events_made_on_the_node_reach_the_receiver(
     peer = ctl.state()["channel_list"][0]["peer"]
     daemon.wait_for(lambda: webhooks_live(daemon), 30)
 
+    ctl.add_invoice(value_msat=8_000, memo="order 0", expiry=1)  # left to expire
     paid = ctl.add_invoice(value_msat=21_000, memo="order 1")
     ctl.settle_invoice(paid["payment_hash"])
     canceled = api(daemon, "POST", "/v1/invoices", {"amount_msat": 5_000, "memo": "order 2"})
@@ -111,6 +112,7 @@ def test_events_made_on_the_node_reach_the_receiver(
         "invoice.created",
         "payment.confirmed",
         "invoice.canceled",
+        "invoice.expired",
         "payment.sent",
         "payment.failed",
         "channel.opened",
