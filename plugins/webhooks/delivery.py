@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .metrics import WebhookMetrics
     from .settings import EndpointSettings, WebhooksSettings
 
-__all__ = ["EndpointWorker", "parse_retry_after", "retry_delay"]
+__all__ = ["EndpointWorker", "depths", "parse_retry_after", "retry_delay"]
 
 # Receivers answer with a short acknowledgement; anything longer is not read.
 _MAX_RESPONSE_READ = 64 * 1024

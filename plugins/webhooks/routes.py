@@ -16,7 +16,7 @@ from .outbox import row_to_api
 if TYPE_CHECKING:
     from .service import WebhookService
 
-__all__ = ["register_routes"]
+__all__ = ["public_url", "register_routes"]
 
 _TAGS = ("webhooks",)
 _COLUMNS = (
