@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", type=int, default=100)
     parser.add_argument("--invoices", type=int, default=100_000)
     parser.add_argument("--scrapes", type=int, default=50)
+    parser.add_argument("--keep", action="store_true", help="keep the working directory (database, logs)")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="ldp-bench-scrape-"))
@@ -216,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         if daemon is not None:
             daemon.close()
         simnet.stop()
+        # A run leaves some 300 MB of database and logs behind.
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
