@@ -25,7 +25,8 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
     if fmt == "json":
         processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
     else:
-        processors += [structlog.dev.ConsoleRenderer()]
+        # Plain tracebacks: rich's would print every frame's locals, secrets included.
+        processors += [structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),

@@ -73,17 +73,65 @@ class Stubs:
         return "Stubs(lightning, router, invoices, state)"
 
 
-class _MacaroonAuth(grpc.AuthMetadataPlugin):
-    """Adds the ``macaroon`` header (hex) to every call."""
+class _MacaroonAuth:
+    """Adds the ``macaroon`` header (hex) to every call.
+
+    Interceptors rather than call credentials: grpc runs a credentials plugin on a new
+    thread for every call, which costs a third of a unary call's time.
+    """
 
     def __init__(self, macaroon: bytes) -> None:
         self._metadata = (("macaroon", macaroon.hex()),)
 
-    def __call__(self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
-        callback(self._metadata, None)
+    def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *self._metadata)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    def interceptors(self) -> list[grpc.aio.ClientInterceptor]:
+        """One interceptor per call kind (grpc files each interceptor under one kind only)."""
+        return [
+            _UnaryUnaryMacaroon(self),
+            _UnaryStreamMacaroon(self),
+            _StreamUnaryMacaroon(self),
+            _StreamStreamMacaroon(self),
+        ]
 
     def __repr__(self) -> str:
         return "_MacaroonAuth(<redacted>)"
+
+
+class _UnaryUnaryMacaroon(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, auth: _MacaroonAuth) -> None:
+        self._auth = auth
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._auth.details(details), request)
+
+
+class _UnaryStreamMacaroon(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, auth: _MacaroonAuth) -> None:
+        self._auth = auth
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._auth.details(details), request)
+
+
+class _StreamUnaryMacaroon(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, auth: _MacaroonAuth) -> None:
+        self._auth = auth
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._auth.details(details), requests)
+
+
+class _StreamStreamMacaroon(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, auth: _MacaroonAuth) -> None:
+        self._auth = auth
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._auth.details(details), requests)
 
 
 def channel_options(settings: LndSettingsLike) -> list[tuple[str, Any]]:
@@ -283,13 +331,7 @@ class LndLink:
         options = channel_options(settings)
         state_channel = grpc.aio.secure_channel(host, tls, options=options)
         channel = (
-            grpc.aio.secure_channel(
-                host,
-                grpc.composite_channel_credentials(
-                    tls, grpc.metadata_call_credentials(_MacaroonAuth(macaroon), name="macaroon")
-                ),
-                options=options,
-            )
+            grpc.aio.secure_channel(host, tls, options=options, interceptors=_MacaroonAuth(macaroon).interceptors())
             if macaroon_error is None
             else None
         )
