@@ -261,8 +261,11 @@ class RebalancerService:
             # Replays after a restart must not put an older backup over a newer one.
             if event.id and event.id <= await self.ledger.last_backup_event():
                 return
+            # A path left relative (settings built without the config's context) still
+            # belongs in the state directory, never in the working directory.
+            path = b.path if b.path.is_absolute() else self.daemon.state_dir / b.path
             try:
-                done = await anyio.to_thread.run_sync(write_backup, b.path, event.multi_chan_backup, b.keep)
+                done = await anyio.to_thread.run_sync(write_backup, path, event.multi_chan_backup, b.keep)
             except OSError as exc:
                 # Raised again so the event is retried; health says so meanwhile.
                 self.backup_error = f"{b.path}: {exc.strerror or exc}"
