@@ -90,7 +90,8 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = self._connect()
             self._writer.execute(
-                "CREATE TABLE IF NOT EXISTS schema_versions (owner TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS schema_versions "
+                "(owner TEXT PRIMARY KEY, version INTEGER NOT NULL)"
             )
             self._readers = [self._connect(readonly=True) for _ in range(READERS)]
         except sqlite3.Error as exc:
@@ -187,24 +188,26 @@ class Store:
             for unit in units:
                 if unit.fn is None and unit.sql is None:
                     results.append((True, None))
-                    continue
-                conn.execute("SAVEPOINT unit")
-                try:
-                    if unit.fn is not None:
+                elif unit.fn is None:
+                    # One statement is atomic on its own in sqlite: no savepoint needed.
+                    try:
+                        if unit.many:
+                            value = conn.executemany(unit.sql, unit.params).rowcount
+                        else:
+                            value = conn.execute(unit.sql, unit.params).rowcount
+                        results.append((True, value))
+                    except sqlite3.Error as exc:  # a plugin's failed write is its own, never the batch's
+                        results.append((False, self._unit_error(unit, exc)))
+                else:
+                    conn.execute("SAVEPOINT unit")
+                    try:
                         value = unit.fn(conn)
-                    elif unit.many:
-                        value = conn.executemany(unit.sql, unit.params).rowcount
-                    else:
-                        value = conn.execute(unit.sql, unit.params).rowcount
-                    conn.execute("RELEASE unit")
-                    results.append((True, value))
-                except Exception as exc:  # a plugin's failed write is its own, never the batch's
-                    conn.execute("ROLLBACK TO unit")
-                    conn.execute("RELEASE unit")
-                    self.stats.errors += 1
-                    err = exc if isinstance(exc, StoreError) else StoreError(f"{unit.owner}: {exc}")
-                    err.__cause__ = exc
-                    results.append((False, err))
+                        conn.execute("RELEASE unit")
+                        results.append((True, value))
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO unit")
+                        conn.execute("RELEASE unit")
+                        results.append((False, self._unit_error(unit, exc)))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -217,6 +220,14 @@ class Store:
             return [(False, failure) for _ in units]
         self.failed = None
         return results
+
+    def _unit_error(self, unit: _Unit, exc: BaseException) -> BaseException:
+        self.stats.errors += 1
+        if isinstance(exc, StoreError):
+            return exc
+        err = StoreError(f"{unit.owner}: {exc}")
+        err.__cause__ = exc
+        return err
 
     async def flush(self) -> None:
         """Wait until every unit queued so far is committed."""
