@@ -22,8 +22,8 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lightningd_py plugins tests bench
-	$(VENV)/bin/ruff format --check lightningd_py plugins tests bench
+	$(VENV)/bin/ruff check lightningd_py plugins tests bench scripts examples
+	$(VENV)/bin/ruff format --check lightningd_py plugins tests bench scripts examples
 
 bench: $(STAMP)
 	$(PY) bench/events.py

@@ -132,7 +132,9 @@ def plugins_caught_up(state_dir: Path, plugins: list[str]) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--settlements", type=int, default=20_000, help="settlements per rate measurement")
     parser.add_argument("--events", type=int, default=1_000_000, help="events for the memory measurement")
     args = parser.parse_args()
@@ -144,7 +146,11 @@ def main() -> int:
             root / "noop.toml",
             {
                 "core": {"state_dir": str(root / "noop-state"), "log_format": "json", "log_level": "warning"},
-                "lnd": {"host": simnet.grpc, "tls_cert": str(simnet.tls_cert), "macaroon": str(simnet.admin_macaroon)},
+                "lnd": {
+                    "host": simnet.grpc,
+                    "tls_cert": str(simnet.tls_cert),
+                    "macaroon": str(simnet.admin_macaroon),
+                },
             },
         )
         config = load_config(config_path, {"noop": None})
@@ -156,7 +162,10 @@ def main() -> int:
         pipe_rate = anyio.run(pipeline, config, simnet.control_url, n, backend="asyncio")
         print(f"raw stream drain:            {drain_rate:>10,.0f} settlements/s ({n:,} settlements)")
         print(f"stream -> journal -> plugin: {pipe_rate:>10,.0f} settlements/s (no-op plugin)")
-        print(f"ratio pipeline/drain:        {pipe_rate / drain_rate:>10.2f}   (goal >= 0.50; rate goal >= 10,000/s)")
+        print(
+            f"ratio pipeline/drain:        {pipe_rate / drain_rate:>10.2f}   "
+            "(goal >= 0.50; rate goal >= 10,000/s)"
+        )
 
         # --- a real daemon process with every built-in plugin
         state = root / "full-state"

@@ -108,6 +108,7 @@ __all__ = [
     "require",
 ]
 
+
 def _parse(version: str) -> tuple[int, int]:
     parts = version.strip().split(".")
     if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):

@@ -377,7 +377,7 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     CustomEvent,
 )
 
-AnyEvent = Union[ALL_EVENT_TYPES]  # type: ignore[valid-type]
+AnyEvent = Union[ALL_EVENT_TYPES]  # type: ignore[valid-type]  # noqa: UP007 (a union over a tuple)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyEvent)

@@ -43,7 +43,9 @@ def last_id(state_dir: Path) -> int:
 
 def tracker_paid(state_dir: Path) -> int:
     with db(state_dir) as conn:
-        return conn.execute("SELECT COUNT(*) FROM invoice_tracker_invoices WHERE status = 'paid'").fetchone()[0]
+        return conn.execute("SELECT COUNT(*) FROM invoice_tracker_invoices WHERE status = 'paid'").fetchone()[
+            0
+        ]
 
 
 # Plugins with event hooks: each must have seen every event.
@@ -121,7 +123,9 @@ def test_lnd_restart_mid_stream_loses_nothing(simnet, ldp_daemon_factory) -> Non
     mark = len(daemon.notifications)
     simnet.control.restart(down_seconds=1.0)
     daemon.wait_for(
-        lambda: any(f.startswith("STATUS=") and f != "STATUS=LND active" for f in daemon.notifications[mark:]),
+        lambda: any(
+            f.startswith("STATUS=") and f != "STATUS=LND active" for f in daemon.notifications[mark:]
+        ),
         timeout=20,
     )
     daemon.wait_notification("STATUS=LND active", timeout=20, after=len(daemon.notifications) - 1)
@@ -161,7 +165,11 @@ def test_bad_config_exits_2_before_starting(tmp_path: Path, simnet) -> None:
         tmp_path / "config.toml",
         {
             "core": {"state_dir": str(tmp_path / "state"), "hook_timeout": "soon"},
-            "lnd": {"host": simnet.grpc, "tls_cert": str(simnet.tls_cert), "macaroon": str(simnet.admin_macaroon)},
+            "lnd": {
+                "host": simnet.grpc,
+                "tls_cert": str(simnet.tls_cert),
+                "macaroon": str(simnet.admin_macaroon),
+            },
         },
     )
     proc = DaemonProcess(path, log_path=tmp_path / "log")

@@ -331,7 +331,9 @@ class LndLink:
         options = channel_options(settings)
         state_channel = grpc.aio.secure_channel(host, tls, options=options)
         channel = (
-            grpc.aio.secure_channel(host, tls, options=options, interceptors=_MacaroonAuth(macaroon).interceptors())
+            grpc.aio.secure_channel(
+                host, tls, options=options, interceptors=_MacaroonAuth(macaroon).interceptors()
+            )
             if macaroon_error is None
             else None
         )

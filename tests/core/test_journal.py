@@ -51,7 +51,8 @@ class Recorder:
     async def ldp_invoice_event(self, daemon, event):
         self.seen.append(event.id)
         await daemon.store.execute(
-            "INSERT OR IGNORE INTO recorder_seen(event_id, hash) VALUES (?, ?)", (event.id, event.payment_hash)
+            "INSERT OR IGNORE INTO recorder_seen(event_id, hash) VALUES (?, ?)",
+            (event.id, event.payment_hash),
         )
 
 
@@ -103,12 +104,16 @@ async def test_append_dedupes_and_stores_positions(tmp_path: Path) -> None:
         await tg.start(store.run)
         ids = await journal.append([invoice(1), invoice(2), invoice(1)], {"invoices.settle_index": 2})
         assert ids[0] > 0 and ids[1] == ids[0] + 1 and ids[2] == 0
-        again = await journal.append([invoice(2), ChannelActive(channel_point="a:0"), ChannelActive(channel_point="a:0")])
+        again = await journal.append(
+            [invoice(2), ChannelActive(channel_point="a:0"), ChannelActive(channel_point="a:0")]
+        )
         assert again[0] == 0 and again[1] > 0 and again[2] > 0
         assert journal.position("invoices.settle_index") == 2
         events = await journal.read(0)
         assert [e.id for e in events] == [ids[0], ids[1], again[1], again[2]]
-        assert events[0] == invoice(1).__class__(**{**_fields(invoice(1)), "id": ids[0], "time": events[0].time})
+        assert events[0] == invoice(1).__class__(
+            **{**_fields(invoice(1)), "id": ids[0], "time": events[0].time}
+        )
         tg.cancel_scope.cancel()
     await store.close()
     # Positions and events survive a reopen; reads then come from the database.
@@ -129,7 +134,9 @@ def _fields(ev):
 
 async def test_workers_isolate_failing_and_slow_plugins(tmp_path: Path) -> None:
     recorder, failing = Recorder(), Failing()
-    store, journal, host = await start_host(tmp_path, {"recorder": recorder, "failing": failing, "slow": Slow()})
+    store, journal, host = await start_host(
+        tmp_path, {"recorder": recorder, "failing": failing, "slow": Slow()}
+    )
     async with anyio.create_task_group() as tg:
         await tg.start(store.run)
         for name in host.runtimes:
@@ -139,7 +146,9 @@ async def test_workers_isolate_failing_and_slow_plugins(tmp_path: Path) -> None:
             while host.runtimes["recorder"].cursor < ids[-1]:
                 await anyio.sleep(0.01)
         assert recorder.seen == ids
-        rows = await host.runtimes["recorder"].daemon.store.fetchall("SELECT event_id FROM recorder_seen ORDER BY 1")
+        rows = await host.runtimes["recorder"].daemon.store.fetchall(
+            "SELECT event_id FROM recorder_seen ORDER BY 1"
+        )
         assert [r[0] for r in rows] == ids
         # The failing plugin retried the first event, then gave it up (hook_max_attempts = 3).
         with anyio.fail_after(10):

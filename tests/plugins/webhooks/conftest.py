@@ -140,7 +140,7 @@ async def eventually(predicate: Callable[[], bool], within: float = 10.0) -> Non
     """Poll until ``predicate()`` holds; fail after ``within`` seconds."""
     with anyio.fail_after(within):
         # Polling: the state watched belongs to the plugin, which exposes no event for it.
-        while not predicate():  # noqa: ASYNC110
+        while not predicate():
             await anyio.sleep(0.01)
 
 
