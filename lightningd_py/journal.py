@@ -85,21 +85,25 @@ class Journal:
         positions = dict(positions or {})
 
         def unit(conn: sqlite3.Connection) -> list[Event | None]:
+            # Ids and duplicates are worked out first, so each table gets one executemany.
+            keys = [ev.dedupe_key() for ev in events]
+            seen = _known_keys(conn, {k for k in keys if k is not None})
+            next_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM journal").fetchone()[0]
             stamped: list[Event | None] = []
-            for ev in events:
-                key = ev.dedupe_key()
+            key_rows: list[tuple[str]] = []
+            rows: list[tuple[int, str, float, bytes]] = []
+            for ev, key in zip(events, keys, strict=True):
                 if key is not None:
-                    if (
-                        conn.execute("INSERT OR IGNORE INTO journal_keys(key) VALUES (?)", (key,)).rowcount
-                        == 0
-                    ):
+                    if key in seen:
                         stamped.append(None)
                         continue
-                cur = conn.execute(
-                    "INSERT INTO journal(type, time, body) VALUES (?, ?, ?)",
-                    (ev.type, ev.time, encode_event(ev)),
-                )
-                stamped.append(msgspec.structs.replace(ev, id=cur.lastrowid))
+                    seen.add(key)
+                    key_rows.append((key,))
+                next_id += 1
+                rows.append((next_id, ev.type, ev.time, encode_event(ev)))
+                stamped.append(msgspec.structs.replace(ev, id=next_id))
+            conn.executemany("INSERT INTO journal_keys(key) VALUES (?)", key_rows)
+            conn.executemany("INSERT INTO journal(id, type, time, body) VALUES (?, ?, ?, ?)", rows)
             if positions:
                 conn.executemany(
                     "INSERT INTO journal_positions(name, value) VALUES (?, ?) "
@@ -220,3 +224,15 @@ class Journal:
             return conn.execute("SELECT COUNT(*) FROM journal").fetchone()[0]
 
         return await self._store.read(query)
+
+
+def _known_keys(conn: sqlite3.Connection, keys: set[str]) -> set[str]:
+    """Which of ``keys`` are journaled already."""
+    found: set[str] = set()
+    wanted = list(keys)
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        query = f"SELECT key FROM journal_keys WHERE key IN ({marks})"
+        found.update(row[0] for row in conn.execute(query, chunk))
+    return found
