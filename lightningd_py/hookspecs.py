@@ -236,8 +236,10 @@ def ldp_register_routes(daemon: Daemon, router: RouteRegistry) -> None:
     """Add HTTP endpoints to the API.
 
     Called once by the http_api plugin during its startup, synchronously (must not be
-    ``async``). Routes added here get the API's authentication, roles, rate limits,
-    error format and OpenAPI documentation.
+    ``async``). The API plugin starts last, but a plugin whose startup failed under
+    ``plugin_failure = "skip"`` is not asked; handlers must not assume state that only
+    ``ldp_startup`` creates unless they create it on first use. Routes added here get the
+    API's authentication, roles, rate limits, error format and OpenAPI documentation.
 
     :param daemon: this plugin's handle on the daemon.
     :param router: the API's route registry; see ``lightningd_py.web.RouteRegistry.add``.
