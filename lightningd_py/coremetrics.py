@@ -99,3 +99,12 @@ def register_core_metrics(host: PluginHost, registry: CollectorRegistry) -> None
         batch_seconds.observe(seconds)
 
     host.store_backend.batch_observers.append(observe_batch)
+    rpc_seconds = Histogram(
+        "lightningd_lnd_rpc_duration_seconds",
+        "Time of one unary call to LND, by RPC",
+        ["rpc"],
+        registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30),
+    )
+    if host.lnd is not None:
+        host.lnd.observers.append(lambda rpc, seconds: rpc_seconds.labels(rpc).observe(seconds))

@@ -200,3 +200,21 @@ def test_plugin_failing_at_startup_refuses_or_is_skipped(ldp_config_factory, ldp
         assert "plugin failed to start; disabled" in daemon.logs()
     finally:
         taken.close()
+
+
+def test_lnd_rpc_latency_is_measured(ldp_daemon) -> None:
+    import urllib.request
+
+    ldp_daemon.wait_for(lambda: "STATUS=LND active" in ldp_daemon.notifications, timeout=15)
+    request = urllib.request.Request(
+        f"{ldp_daemon.api_url}/v1/node", headers={"Authorization": f"Bearer {ldp_daemon.tokens['readonly']}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 200
+
+    def scraped() -> str:
+        with urllib.request.urlopen(ldp_daemon.metrics_url, timeout=10) as resp:
+            return resp.read().decode()
+
+    text = ldp_daemon.wait_for(lambda: "lightningd_lnd_rpc_duration_seconds_count" in scraped() and scraped())
+    assert 'lightningd_lnd_rpc_duration_seconds_count{rpc="GetInfo"}' in text

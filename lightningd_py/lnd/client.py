@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -355,6 +356,8 @@ class LndClient:
         self._rpc_timeout = float(rpc_timeout)
         self._unavailable = unavailable or (lambda: unreachable("not connected to LND"))
         self._network: str | None = None
+        self.observers: list[Callable[[str, float], None]] = []
+        """Called with (RPC name, seconds) after every unary call, failed ones included."""
 
     @classmethod
     def from_stubs(cls, stubs: Stubs, rpc_timeout: float = 30.0) -> LndClient:
@@ -385,6 +388,7 @@ class LndClient:
     async def _call(
         self, method: Callable[..., Awaitable[_T]], request: Any, deadline: float | None = None
     ) -> _T:
+        started = time.perf_counter()
         try:
             return await method(request, timeout=self._rpc_timeout if deadline is None else deadline)
         except (grpc.RpcError, grpc.aio.UsageError) as exc:
@@ -393,6 +397,12 @@ class LndClient:
             if _task_cancelled():
                 raise
             raise _closed_under_call() from None
+        finally:
+            if self.observers:
+                elapsed = time.perf_counter() - started
+                name = _rpc_name(method, request)
+                for observe in self.observers:
+                    observe(name, elapsed)
 
     async def _stream_until(
         self,
@@ -884,3 +894,12 @@ class LndClient:
                 for b in msg.single_chan_backups.chan_backups
             ],
         )
+
+
+def _rpc_name(method: Any, request: Any) -> str:
+    """The RPC's name ("GetInfo"), from grpc's multicallable when it tells, else the
+    request type."""
+    path = getattr(method, "_method", b"")
+    if isinstance(path, bytes) and path:
+        return path.rsplit(b"/", 1)[-1].decode()
+    return type(request).__name__
