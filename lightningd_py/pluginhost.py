@@ -263,18 +263,7 @@ class HookRunner:
 
     async def each(self, hook: str, **kwargs: Any) -> list[Any]:
         """Notification: call every plugin's implementation; return non-None answers."""
-        answers = []
-        for plugin_name, impl in self._impls(hook):
-            try:
-                value = await self._call(plugin_name, impl, kwargs)
-            except anyio.get_cancelled_exc_class():
-                raise
-            except Exception as exc:
-                self._host.record_error(plugin_name, hook, exc)
-                continue
-            if value is not None:
-                answers.append(value)
-        return answers
+        return [value for _, value in await self.each_named(hook, **kwargs)]
 
     async def each_named(
         self, hook: str, per_plugin: Callable[[str], Mapping[str, Any]] | None = None, **kwargs: Any
