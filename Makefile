@@ -16,10 +16,10 @@ demo: $(STAMP)
 
 # The default run; soak and fault tests marked slow run with test-slow (CI runs both).
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --reruns 1 --reruns-delay 1
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --reruns 1 --reruns-delay 1
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lightningd_py plugins tests bench scripts examples
