@@ -130,14 +130,6 @@ class Journal:
         self._new.set()
         self._new = asyncio.Event()
 
-    async def has_key(self, key: str) -> bool:
-        """Whether an event with this ``dedupe_key()`` was journaled (committed)."""
-
-        def query(conn: sqlite3.Connection) -> bool:
-            return conn.execute("SELECT 1 FROM journal_keys WHERE key = ?", (key,)).fetchone() is not None
-
-        return await self._store.read(query)
-
     def position(self, name: str) -> int | None:
         """The last stored resume position of a stream, or None if never stored."""
         return self._positions.get(name)

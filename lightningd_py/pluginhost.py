@@ -358,10 +358,6 @@ class PluginHost:
             daemon = Daemon(name=name, host=self, settings=config.plugins.get(name))
             self.runtimes[name] = PluginRuntime(name=name, daemon=daemon)
 
-    @property
-    def store(self) -> Any:
-        raise AttributeError("use the plugin's own daemon.store")
-
     def store_for(self, name: str) -> Any:
         return self.store_backend.handle(name)
 

@@ -264,17 +264,11 @@ class Store:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         return await self._submit(_Unit(owner, None, None, False, fn, fut, on_commit))
 
-    async def execute(
-        self, owner: str, sql: str, params: Sequence[Any] = (), *, wait: bool = False
-    ) -> int | None:
-        fut = asyncio.get_running_loop().create_future() if wait else None
-        return await self._submit(_Unit(owner, sql, tuple(params), False, None, fut))
+    async def execute(self, owner: str, sql: str, params: Sequence[Any] = ()) -> None:
+        await self._submit(_Unit(owner, sql, tuple(params), False, None, None))
 
-    async def executemany(
-        self, owner: str, sql: str, rows: Iterable[Sequence[Any]], *, wait: bool = False
-    ) -> int | None:
-        fut = asyncio.get_running_loop().create_future() if wait else None
-        return await self._submit(_Unit(owner, sql, list(rows), True, None, fut))
+    async def executemany(self, owner: str, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._submit(_Unit(owner, sql, list(rows), True, None, None))
 
     def take_errors(self, owner: str) -> list[BaseException]:
         return self._owner_errors.pop(owner, [])
