@@ -228,6 +228,28 @@ def ldp_event(daemon: Daemon, event: Event) -> None:
     """
 
 
+@hookspec
+def ldp_event_batch(daemon: Daemon, events: Sequence[Event]) -> None:
+    """A run of consecutive journal events, for plugins that write in bulk.
+
+    A plugin that implements this hook receives every journal event through it, of
+    every type, in journal order, and none through the per-type event hooks above. A run
+    is what the plugin's worker read in one go: up to ``[core] journal_batch`` events,
+    more than one only when events arrive faster than the plugin handles them. Writes
+    queued on ``daemon.store`` while handling a run commit before the plugin's cursor
+    moves past the run's last event, so one ``executemany`` per table per run is safe.
+
+    A run that raises is handed over again one event at a time (each as a run of one),
+    with the usual retries and backoff, so one bad event is retried and dead-lettered on
+    its own while the others go through; the events of the failed run before it are
+    therefore delivered twice, which idempotent writes absorb. The hook timeout
+    (``[core] hook_timeout``) applies to each call.
+
+    :param daemon: this plugin's handle on the daemon.
+    :param events: the run, oldest first, each with its journal id.
+    """
+
+
 # ---------------------------------------------------------------- extension points
 
 

@@ -58,6 +58,7 @@ EVENT_HOOKS = (
     "ldp_backup_event",
     "ldp_node_state",
     "ldp_event",
+    "ldp_event_batch",
 )
 
 
@@ -452,11 +453,16 @@ class PluginHost:
             if not events:
                 await self.journal.wait(rt.cursor)
                 continue
-            for event in events:
-                impl = rt.impls.get(event.hook)
-                if impl is not None:
-                    await self._deliver(rt, impl, event)
-                rt.handled += 1
+            run_impl = rt.impls.get("ldp_event_batch")
+            if run_impl is not None:
+                await self._deliver_run(rt, run_impl, events)
+                rt.handled += len(events)
+            else:
+                for event in events:
+                    impl = rt.impls.get(event.hook)
+                    if impl is not None:
+                        await self._deliver(rt, impl, event, event)
+                    rt.handled += 1
             # The plugin's writes commit before its cursor moves past their events.
             try:
                 await handle.flush()
@@ -467,7 +473,36 @@ class PluginHost:
             rt.cursor = events[-1].id
             await self.journal.save_cursor(name, rt.cursor)
 
-    async def _deliver(self, rt: PluginRuntime, impl: pluggy.HookImpl, event: Any) -> None:
+    async def _deliver_run(self, rt: PluginRuntime, impl: pluggy.HookImpl, events: list[Any]) -> None:
+        """Hand a run of events to ``ldp_event_batch``; if the run fails, hand its events
+        over one at a time so each is retried (and given up) on its own."""
+        if len(events) > 1:
+            started = time.perf_counter()
+            try:
+                value = impl.function(*[rt.daemon if a == "daemon" else events for a in impl.argnames])
+                if inspect.isawaitable(value):
+                    with anyio.fail_after(self.config.core.hook_timeout):
+                        await value
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:
+                if isinstance(exc, TimeoutError):
+                    exc = TimeoutError(f"hook did not finish within {self.config.core.hook_timeout} s")
+                self.record_error(
+                    rt.name, f"{impl.function.__name__}(events {events[0].id}..{events[-1].id})", exc
+                )
+            else:
+                elapsed = time.perf_counter() - started
+                rt.hook_seconds += elapsed
+                for observe in self.hook_observers:
+                    observe(rt.name, impl.function.__name__, elapsed)
+                return
+        for event in events:
+            await self._deliver(rt, impl, [event], event)
+
+    async def _deliver(self, rt: PluginRuntime, impl: pluggy.HookImpl, arg: Any, event: Any) -> None:
+        """Call one event hook with ``arg`` (the event, or a run holding only ``event``)
+        until it succeeds or is given up."""
         max_attempts = self.config.core.hook_max_attempts
         timeout = self.config.core.hook_timeout
         attempt = 0
@@ -475,7 +510,7 @@ class PluginHost:
             attempt += 1
             started = time.perf_counter()
             try:
-                value = impl.function(*[rt.daemon if a == "daemon" else event for a in impl.argnames])
+                value = impl.function(*[rt.daemon if a == "daemon" else arg for a in impl.argnames])
                 if inspect.isawaitable(value):
                     with anyio.fail_after(timeout):
                         await value

@@ -267,6 +267,9 @@ class Store:
     async def execute(self, owner: str, sql: str, params: Sequence[Any] = ()) -> None:
         await self._submit(_Unit(owner, sql, tuple(params), False, None, None))
 
+    async def queue(self, owner: str, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        await self._submit(_Unit(owner, None, None, False, fn, None))
+
     async def executemany(self, owner: str, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         await self._submit(_Unit(owner, sql, list(rows), True, None, None))
 
@@ -324,6 +327,13 @@ class StoreHandle:
         """Run ``fn(conn)`` on the writer connection inside the next batch (atomically,
         in a savepoint) and return its result once committed."""
         return await self._store.write(self.owner, fn)
+
+    async def queue(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        """Queue ``fn(conn)`` to run on the writer connection inside the next batch
+        (atomically, in a savepoint) without waiting for it, like ``execute`` queues a
+        statement: several statements that read what they update, in one unit. Its
+        failure is raised by the next ``flush()``."""
+        await self._store.queue(self.owner, fn)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Rows of a read query on committed data."""

@@ -88,10 +88,11 @@ def called(record: Path, hook: str, **match: Any) -> list[dict[str, Any]]:
 def test_every_hook_is_called_on_a_third_party_plugin(
     simnet, ldp_config_factory, ldp_daemon_factory, receiver, tmp_path: Path
 ) -> None:
-    record = tmp_path / "calls.jsonl"
+    record, bulk = tmp_path / "calls.jsonl", tmp_path / "bulk.jsonl"
     config = ldp_config_factory(
         plugins={
             "probe": {"record": str(record)},
+            "probe_bulk": {"record": str(bulk)},
             "webhooks": {
                 "endpoints": [
                     {
@@ -147,6 +148,16 @@ def test_every_hook_is_called_on_a_third_party_plugin(
     for hook, kind in expected.items():
         daemon.wait_for(lambda hook=hook, kind=kind: called(record, hook, type=kind), timeout=20)
     assert called(record, "ldp_event_detail", type="custom", source="probe", name="probe.settled_seen")
+    # The companion got the same events through ldp_event_batch, each once, in journal order.
+    daemon.wait_for(
+        lambda: (
+            {"invoice.settled", "custom", "backup.updated"}
+            <= {t for c in called(bulk, "ldp_event_batch") for t in c["types"]}
+        ),
+        timeout=20,
+    )
+    ids = [i for c in called(bulk, "ldp_event_batch") for i in c["ids"]]
+    assert ids == sorted(set(ids))
     seen = api_call(f"{api}/v1/probe/events", tokens["readonly"])["events"]
     assert seen["invoice.settled"] == 1 and seen["custom"] == 1  # one delivery per event
 
@@ -182,6 +193,6 @@ def test_every_hook_is_called_on_a_third_party_plugin(
         versions = dict(conn.execute("SELECT owner, version FROM schema_versions").fetchall())
     assert versions["probe"] == 1  # ldp_migrations ran
 
-    recorded = {c["hook"] for c in calls(record)}
+    recorded = {c["hook"] for c in calls(record) + calls(bulk)}
     # ldp_config_schema, ldp_migrations and ldp_health are checked through their effects above.
     assert set(HOOKS) - recorded == {"ldp_config_schema", "ldp_migrations", "ldp_health"}

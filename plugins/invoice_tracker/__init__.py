@@ -1,12 +1,14 @@
 """invoice_tracker: every invoice of the node in the daemon's own tables.
 
-Fed only by journal events (``ldp_invoice_event``), so invoices created or paid while the
-daemon was down are recorded once it catches up. Each state change is kept in a history
-table. Other plugins read the tables through :mod:`.records` (the http_api plugin does).
+Fed only by journal events (``ldp_event_batch``: a run of events costs one statement
+per table), so invoices created or paid while the daemon was down are recorded once it
+catches up. Each state change is kept in a history table. Other plugins read the tables
+through :mod:`.records` (the http_api plugin does).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lightningd_py.hookspecs import hookimpl
@@ -15,10 +17,10 @@ from . import records
 
 if TYPE_CHECKING:
     from lightningd_py.daemon import Daemon
-    from lightningd_py.events import InvoiceEvent
+    from lightningd_py.events import Event
     from lightningd_py.store import Migration
 
-__all__ = ["ldp_invoice_event", "ldp_migrations", "records"]
+__all__ = ["ldp_event_batch", "ldp_migrations", "records"]
 
 
 @hookimpl
@@ -27,5 +29,5 @@ def ldp_migrations() -> list[Migration]:
 
 
 @hookimpl
-async def ldp_invoice_event(daemon: Daemon, event: InvoiceEvent) -> None:
-    await records.apply_event(daemon.store, event)
+async def ldp_event_batch(daemon: Daemon, events: Sequence[Event]) -> None:
+    await records.apply_events(daemon.store, events)

@@ -2,7 +2,7 @@
 
 The tracker keeps one row per invoice (``invoice_tracker_invoices``) and one row per
 state change (``invoice_tracker_history``). Rows are written from journal events by the
-tracker itself (:func:`apply_event`), and, for invoices the HTTP API creates, once at
+tracker itself (:func:`apply_events`), and, for invoices the HTTP API creates, once at
 creation (:func:`record_creation`) so the fiat amount, exchange rate and metadata given
 by the merchant are kept. Both writers use upserts keyed by the payment hash, so either
 may come first: the event never touches the creation columns and the creation write
@@ -19,11 +19,12 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from lightningd_py.events import (
+    Event,
     InvoiceAccepted,
     InvoiceCanceled,
     InvoiceCreated,
@@ -45,6 +46,7 @@ __all__ = [
     "InvoiceLookups",
     "InvoiceStatus",
     "apply_event",
+    "apply_events",
     "creation_row",
     "decode_cursor",
     "effective_status",
@@ -188,9 +190,25 @@ async def apply_event(store: Store, event: InvoiceEvent) -> None:
 
     Idempotent: a redelivered event (same ``event.id``) changes nothing.
     """
-    invoice, history = _event_rows(event)
-    await store.execute(_UPSERT_EVENT, invoice)
-    await store.execute(_INSERT_HISTORY, history)
+    await apply_events(store, [event])
+
+
+async def apply_events(store: Store, events: Iterable[Event]) -> None:
+    """Record the invoice events of a run (others are skipped), one statement per table.
+
+    Idempotent like :func:`apply_event`; the upsert's merge rules make the result the
+    same as recording the events one by one, in order.
+    """
+    invoices: list[tuple[Any, ...]] = []
+    history: list[tuple[Any, ...]] = []
+    for event in events:
+        if isinstance(event, InvoiceEvent):
+            invoice, change = _event_rows(event)
+            invoices.append(invoice)
+            history.append(change)
+    if invoices:
+        await store.executemany(_UPSERT_EVENT, invoices)
+        await store.executemany(_INSERT_HISTORY, history)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lightningd_py.events import (
     ChannelEvent,
     Event,
-    ForwardEvent,
-    InvoiceEvent,
     NodeStateEvent,
-    PaymentEvent,
-    RebalanceEvent,
 )
 from lightningd_py.hookspecs import hookimpl
 from lightningd_py.web import ApiError
@@ -46,15 +42,10 @@ if TYPE_CHECKING:
 __all__ = [
     "MetricsSettings",
     "ldp_background_tasks",
-    "ldp_channel_event",
     "ldp_config_schema",
-    "ldp_event",
-    "ldp_forward_event",
+    "ldp_event_batch",
     "ldp_health",
-    "ldp_invoice_event",
     "ldp_migrations",
-    "ldp_node_state",
-    "ldp_payment_event",
     "ldp_register_metrics",
     "ldp_register_routes",
     "ldp_shutdown",
@@ -134,34 +125,16 @@ def ldp_register_routes(daemon: Daemon, router: RouteRegistry) -> None:
 
 
 @hookimpl
-async def ldp_invoice_event(daemon: Daemon, event: InvoiceEvent) -> None:
-    await _runtimes[daemon].ledger.record(event)
-
-
-@hookimpl
-async def ldp_payment_event(daemon: Daemon, event: PaymentEvent) -> None:
-    await _runtimes[daemon].ledger.record(event)
-
-
-@hookimpl
-async def ldp_forward_event(daemon: Daemon, event: ForwardEvent) -> None:
-    await _runtimes[daemon].ledger.record(event)
-
-
-@hookimpl
-async def ldp_channel_event(daemon: Daemon, event: ChannelEvent) -> None:
+async def ldp_event_batch(daemon: Daemon, events: Sequence[Event]) -> None:
     runtime = _runtimes[daemon]
-    await runtime.ledger.record_channel(event)
-    runtime.poller.poke()
-
-
-@hookimpl
-async def ldp_node_state(daemon: Daemon, event: NodeStateEvent) -> None:
-    if event.reachable:
-        _runtimes[daemon].poller.poke()
-
-
-@hookimpl
-async def ldp_event(daemon: Daemon, event: Event) -> None:
-    if isinstance(event, RebalanceEvent):
-        await _runtimes[daemon].ledger.record(event)
+    await runtime.ledger.record_run(events)
+    poke = False
+    for event in events:
+        if isinstance(event, ChannelEvent):
+            await runtime.ledger.record_channel(event)
+            poke = True
+        elif isinstance(event, NodeStateEvent) and event.reachable:
+            poke = True
+    if poke:
+        # The node snapshot is refreshed once, whatever number of channel events asked.
+        runtime.poller.poke()

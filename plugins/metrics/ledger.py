@@ -7,9 +7,9 @@ plugin's schema:
   state (the transaction history and every windowed statistic read it; the time index
   covers the statistics' columns and the history's keyset order, so neither touches
   the table itself);
-* ``metrics_tx_hourly``: sums of ``metrics_tx`` per hour, kind and status, kept by
-  triggers (windowed statistics read hours, plus the rows of the window's partial
-  first and last hours);
+* ``metrics_tx_hourly``: sums of ``metrics_tx`` per hour, kind and status, moved in
+  the same unit as every ``metrics_tx`` write (windowed statistics read hours, plus the
+  rows of the window's partial first and last hours);
 * ``metrics_totals``: running totals per event type (count, amount, fee) behind the
   Prometheus activity counters, so they survive restarts instead of resetting;
 * ``metrics_channels`` and ``metrics_channel_samples``: what each channel was (peer,
@@ -23,7 +23,8 @@ or below the last id already counted for its type.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from lightningd_py.events import (
@@ -41,6 +42,8 @@ from lightningd_py.events import (
 from lightningd_py.store import Migration
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from lightningd_py.store import StoreHandle
 
     from .snapshot import NodeSnapshot
@@ -136,31 +139,41 @@ MIGRATIONS = [
         END;
         """,
     ),
+    # The hourly sums are kept by the ledger itself, once per run of events (a run's
+    # rows for one transaction are merged first), instead of by a trigger per row.
+    Migration(
+        3,
+        """
+        DROP TRIGGER metrics_tx_hourly_insert;
+        DROP TRIGGER metrics_tx_hourly_update;
+        """,
+    ),
 ]
 
 # Later states win over earlier ones; a replayed "created" never downgrades a settled row.
 _RANK = {"open": 0, "accepted": 1}
 
-_UPSERT_TX = """
-INSERT INTO metrics_tx (kind, key, status, rank, time, created, amount_msat, fee_msat,
-                        chan_in, chan_out, payment_hash, description, event_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (kind, key) DO UPDATE SET
-    status = excluded.status, rank = excluded.rank, time = excluded.time,
-    amount_msat = excluded.amount_msat, fee_msat = excluded.fee_msat,
-    chan_in = excluded.chan_in, chan_out = excluded.chan_out,
-    payment_hash = excluded.payment_hash, event_id = excluded.event_id,
-    description = CASE WHEN excluded.description != '' THEN excluded.description ELSE description END
-WHERE excluded.rank > metrics_tx.rank
-   OR (excluded.rank = metrics_tx.rank AND excluded.event_id > metrics_tx.event_id)
+_SELECT_TX = (
+    "SELECT key, status, rank, time, created, amount_msat, fee_msat, description, event_id "
+    "FROM metrics_tx WHERE kind = ? AND key IN ({marks})"
+)
+
+_REPLACE_TX = "INSERT OR REPLACE INTO metrics_tx VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+_ADD_HOURLY = """
+INSERT INTO metrics_tx_hourly (hour, kind, status, count, amount_msat, fee_msat)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (hour, kind, status) DO UPDATE SET
+    count = count + excluded.count, amount_msat = amount_msat + excluded.amount_msat,
+    fee_msat = fee_msat + excluded.fee_msat
 """
 
-_ADD_TOTAL = """
+_SET_TOTAL = """
 INSERT INTO metrics_totals (name, count, amount_msat, fee_msat, last_event_id)
-VALUES (?, 1, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (name) DO UPDATE SET
-    count = count + 1, amount_msat = amount_msat + excluded.amount_msat,
-    fee_msat = fee_msat + excluded.fee_msat, last_event_id = excluded.last_event_id
+    count = excluded.count, amount_msat = excluded.amount_msat,
+    fee_msat = excluded.fee_msat, last_event_id = excluded.last_event_id
 WHERE excluded.last_event_id > metrics_totals.last_event_id
 """
 
@@ -313,6 +326,71 @@ def tx_row(event: Event) -> TxRow | None:
     return None
 
 
+def _supersedes(new: TxRow, old: TxRow) -> bool:
+    """Whether ``new`` replaces ``old`` as a transaction's state: a later state wins;
+    within a state, the later event (a replayed "created" never downgrades a row)."""
+    return new.rank > old.rank or (new.rank == old.rank and new.event_id > old.event_id)
+
+
+def _succeed(new: TxRow, old: TxRow) -> TxRow:
+    """``new`` as it is stored over ``old``: the first sighting's creation time stays,
+    and an empty description keeps the one known before."""
+    return replace(new, created=old.created, description=new.description or old.description)
+
+
+def write_tx_rows(conn: sqlite3.Connection, rows: Sequence[TxRow]) -> None:
+    """Store the rows of a run of events, in the writer's transaction.
+
+    The rows of one transaction in the run are merged first (a burst's "created" and
+    "settled" make one write), then each merged row is compared with the stored one
+    under the same rule, and the hourly sums move by the difference: the result equals
+    writing the rows one by one, in order.
+    """
+    merged: dict[tuple[str, str], TxRow] = {}
+    for row in rows:
+        ident = (row.kind, row.key)
+        current = merged.get(ident)
+        if current is None:
+            merged[ident] = row
+        elif _supersedes(row, current):
+            merged[ident] = _succeed(row, current)
+    stored: dict[tuple[str, str], TxRow] = {}
+    by_kind: dict[str, list[str]] = {}
+    for kind, key in merged:
+        by_kind.setdefault(kind, []).append(key)
+    for kind, keys in by_kind.items():
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            sql = _SELECT_TX.format(marks=",".join("?" * len(chunk)))
+            for r in conn.execute(sql, (kind, *chunk)):
+                stored[(kind, r[0])] = TxRow(
+                    kind, r[0], r[1], r[2], r[3], r[4], r[5], r[6], 0, 0, "", r[7], r[8]
+                )
+    writes: list[tuple[object, ...]] = []
+    hourly: dict[tuple[int, str, str], list[int]] = {}
+
+    def move(row: TxRow, sign: int) -> None:
+        sums = hourly.setdefault((int(row.time // 3600), row.kind, row.status), [0, 0, 0])
+        sums[0] += sign
+        sums[1] += sign * row.amount_msat
+        sums[2] += sign * row.fee_msat
+
+    for ident, row in merged.items():
+        old = stored.get(ident)
+        if old is not None:
+            if not _supersedes(row, old):
+                continue
+            row = _succeed(row, old)
+            move(old, -1)
+        move(row, 1)
+        writes.append(row.params())
+    conn.executemany(_REPLACE_TX, writes)
+    conn.executemany(
+        _ADD_HOURLY,
+        [(hour, kind, status, *sums) for (hour, kind, status), sums in hourly.items() if any(sums)],
+    )
+
+
 def _total_amounts(event: Event) -> tuple[int, int]:
     """(amount_msat, fee_msat) an event adds to its type's totals."""
     if isinstance(event, InvoiceSettled):
@@ -353,19 +431,38 @@ class Ledger:
 
     async def record(self, event: Event) -> None:
         """Record an invoice, payment, forward or rebalance event (idempotent)."""
-        row = tx_row(event)
-        if row is None:
+        await self.record_run([event])
+
+    async def record_run(self, events: Iterable[Event]) -> None:
+        """Record the transaction events of a run (others are skipped), idempotently:
+        the rows of the run are merged and written in one unit (see
+        :func:`write_tx_rows`), the totals in one statement."""
+        rows: list[TxRow] = []
+        touched: dict[str, Total] = {}
+        for event in events:
+            row = tx_row(event)
+            if row is None:
+                continue
+            rows.append(row)
+            name = total_name(event)
+            total = touched[name] = self.totals.setdefault(name, Total())
+            # A redelivered event (at or below the last id counted) is not counted twice.
+            if event.id == 0 or event.id > total.last_event_id:
+                amount, fee = _total_amounts(event)
+                total.count += 1
+                total.amount_msat += amount
+                total.fee_msat += fee
+                total.last_event_id = max(total.last_event_id, event.id)
+        if not rows:
             return
-        name = total_name(event)
-        amount, fee = _total_amounts(event)
-        total = self.totals.setdefault(name, Total())
-        if event.id == 0 or event.id > total.last_event_id:
-            total.count += 1
-            total.amount_msat += amount
-            total.fee_msat += fee
-            total.last_event_id = max(total.last_event_id, event.id)
-        await self._store.execute(_UPSERT_TX, row.params())
-        await self._store.execute(_ADD_TOTAL, (name, amount, fee, event.id))
+        await self._store.queue(lambda conn: write_tx_rows(conn, rows))
+        # The in-memory totals are the source of truth (loaded at start, advanced only
+        # here), so a run stores them whole rather than as increments; a redelivered run
+        # stores them again, which repairs a write that failed the first time.
+        await self._store.executemany(
+            _SET_TOTAL,
+            [(n, t.count, t.amount_msat, t.fee_msat, t.last_event_id) for n, t in touched.items()],
+        )
 
     async def record_channel(self, event: ChannelEvent) -> None:
         """Remember a channel's identity and its open or close time."""

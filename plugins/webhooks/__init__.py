@@ -10,7 +10,7 @@ See docs/webhooks.md for the event catalogue and how consumers verify signatures
 from __future__ import annotations
 
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lightningd_py.api import hookimpl
@@ -24,14 +24,9 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from lightningd_py.api import (
-        ChannelEvent,
         Daemon,
         Event,
-        ForwardEvent,
-        InvoiceEvent,
         Migration,
-        NodeStateEvent,
-        PaymentEvent,
         RouteRegistry,
     )
 
@@ -39,17 +34,12 @@ __all__ = [
     "WebhookService",
     "WebhooksSettings",
     "ldp_background_tasks",
-    "ldp_channel_event",
     "ldp_config_reloaded",
     "ldp_config_schema",
-    "ldp_event",
-    "ldp_forward_event",
+    "ldp_event_batch",
     "ldp_health",
-    "ldp_invoice_event",
     "ldp_journal_start",
     "ldp_migrations",
-    "ldp_node_state",
-    "ldp_payment_event",
     "ldp_register_metrics",
     "ldp_register_routes",
     "ldp_shutdown",
@@ -113,33 +103,8 @@ async def ldp_shutdown(daemon: Daemon) -> None:
 
 
 @hookimpl
-async def ldp_invoice_event(daemon: Daemon, event: InvoiceEvent) -> None:
-    await _services[daemon].handle_event(event)
-
-
-@hookimpl
-async def ldp_payment_event(daemon: Daemon, event: PaymentEvent) -> None:
-    await _services[daemon].handle_event(event)
-
-
-@hookimpl
-async def ldp_channel_event(daemon: Daemon, event: ChannelEvent) -> None:
-    await _services[daemon].handle_event(event)
-
-
-@hookimpl
-async def ldp_forward_event(daemon: Daemon, event: ForwardEvent) -> None:
-    await _services[daemon].handle_event(event)
-
-
-@hookimpl
-async def ldp_node_state(daemon: Daemon, event: NodeStateEvent) -> None:
-    await _services[daemon].handle_event(event)
-
-
-@hookimpl
-async def ldp_event(daemon: Daemon, event: Event) -> None:
-    await _services[daemon].handle_event(event)
+async def ldp_event_batch(daemon: Daemon, events: Sequence[Event]) -> None:
+    await _services[daemon].handle_events(events)
 
 
 @hookimpl

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -180,40 +180,47 @@ class WebhookService:
             await anyio.sleep(0.01)
 
     async def handle_event(self, event: Event) -> None:
-        """Write one outbox row per endpoint that wants the event, then hand the
-        deliveries to the workers. Idempotent: a replayed event finds its rows."""
-        previously = self._reachable
-        if isinstance(event, NodeStateEvent) and event.reachable != previously:
-            self._reachable = event.reachable
-            await self._daemon.store.execute(
-                "INSERT INTO webhooks_state (key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (_REACHABLE_KEY, "true" if event.reachable else "false"),
-            )
-        name = webhook_event_name(event, previously)
-        if name is None or self._is_history(event):
-            return
-        targets = [worker for worker in self.workers.values() if name in worker.filter]
-        if not targets:
-            return
-        body = await self._body(event, name)
+        """Handle one event (see :meth:`handle_events`)."""
+        await self.handle_events([event])
+
+    async def handle_events(self, events: Iterable[Event]) -> None:
+        """Write one outbox row per endpoint that wants each event of a run (one
+        statement for the run), then hand the deliveries to the workers. Idempotent: a
+        replayed event finds its rows."""
+        rows: list[tuple[Any, ...]] = []
+        offers: list[tuple[EndpointWorker, Delivery]] = []
         now = time.time()
-        deliveries = [
-            Delivery(
-                msg_id=message_id(f"event:{event.id}", worker.name),
-                endpoint=worker.name,
-                event_type=name,
-                event_time=event.time,
-                body=body,
-                due=now,
-            )
-            for worker in targets
-        ]
-        await self._daemon.store.executemany(
-            INSERT_SQL,
-            [(d.msg_id, event.id, d.endpoint, name, d.event_time, d.body, now, now) for d in deliveries],
-        )
-        for worker, delivery in zip(targets, deliveries, strict=True):
+        for event in events:
+            previously = self._reachable
+            if isinstance(event, NodeStateEvent) and event.reachable != previously:
+                self._reachable = event.reachable
+                await self._daemon.store.execute(
+                    "INSERT INTO webhooks_state (key, value) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (_REACHABLE_KEY, "true" if event.reachable else "false"),
+                )
+            name = webhook_event_name(event, previously)
+            if name is None or self._is_history(event):
+                continue
+            targets = [worker for worker in self.workers.values() if name in worker.filter]
+            if not targets:
+                continue
+            body = await self._body(event, name)
+            for worker in targets:
+                delivery = Delivery(
+                    msg_id=message_id(f"event:{event.id}", worker.name),
+                    endpoint=worker.name,
+                    event_type=name,
+                    event_time=event.time,
+                    body=body,
+                    due=now,
+                )
+                rows.append((delivery.msg_id, event.id, worker.name, name, event.time, body, now, now))
+                offers.append((worker, delivery))
+        if not rows:
+            return
+        await self._daemon.store.executemany(INSERT_SQL, rows)
+        for worker, delivery in offers:
             worker.offer(delivery, new=True)
 
     async def _body(self, event: Event, name: str) -> bytes:

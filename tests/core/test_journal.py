@@ -160,3 +160,59 @@ async def test_workers_isolate_failing_and_slow_plugins(tmp_path: Path) -> None:
         assert status["plugins"]["recorder"]["lag"] == 0
         tg.cancel_scope.cancel()
     await store.close()
+
+
+class Bulk:
+    """Writes each run with one statement; a run holding the poisoned hash raises."""
+
+    def __init__(self, poison: str) -> None:
+        self.poison = poison
+        self.runs: list[list[int]] = []
+
+    @hookimpl
+    def ldp_migrations(self):
+        return [Migration(1, "CREATE TABLE bulk_seen (event_id INTEGER PRIMARY KEY, type TEXT)")]
+
+    @hookimpl
+    async def ldp_event_batch(self, daemon, events):
+        self.runs.append([e.id for e in events])
+        await daemon.store.executemany(
+            "INSERT OR IGNORE INTO bulk_seen(event_id, type) VALUES (?, ?)", [(e.id, e.type) for e in events]
+        )
+        if any(getattr(e, "payment_hash", "") == self.poison for e in events):
+            raise RuntimeError("poisoned")
+
+    @hookimpl
+    def ldp_invoice_event(self, daemon, event):
+        raise AssertionError("a plugin with ldp_event_batch gets no per-type calls")
+
+
+async def test_runs_go_to_the_batch_hook_and_a_failing_run_is_split(tmp_path: Path) -> None:
+    bulk = Bulk(poison=f"{40:064x}")
+    store, journal, host = await start_host(tmp_path, {"bulk": bulk})
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        # Journaled before the worker starts, so it reads them as runs.
+        ids = await journal.append(
+            [invoice(i, InvoiceCreated) for i in range(1, 101)] + [ChannelActive(channel_point="c:1")]
+        )
+        tg.start_soon(host.run_worker, "bulk")
+        with anyio.fail_after(20):
+            while host.runtimes["bulk"].cursor < ids[-1]:
+                await anyio.sleep(0.01)
+        rt = host.runtimes["bulk"]
+        # Every type comes through the one hook, in runs.
+        assert bulk.runs[0] == ids
+        # The run with the poisoned event was handed over one event at a time: the
+        # others went through once each, the poisoned one was retried and given up.
+        singles = [run[0] for run in bulk.runs[1:]]
+        assert all(len(run) == 1 for run in bulk.runs[1:])
+        poisoned = ids[39]
+        assert singles.count(poisoned) == 3 and sorted(set(singles)) == ids
+        assert rt.dead_letters == 1 and rt.errors == 4
+        rows = await rt.daemon.store.fetchall("SELECT event_id, type FROM bulk_seen ORDER BY 1")
+        assert [r[0] for r in rows] == ids and rows[-1][1] == "channel.active"
+        dead = await rt.daemon.store.fetchall("SELECT plugin, event_id FROM journal_dead_letters")
+        assert [tuple(r) for r in dead] == [("bulk", poisoned)]
+        tg.cancel_scope.cancel()
+    await store.close()

@@ -13,7 +13,7 @@ import lightningd_py.plugins.metrics as metrics_plugin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightningd_py.plugins.metrics import analytics
-from lightningd_py.plugins.metrics.ledger import Ledger
+from lightningd_py.plugins.metrics.ledger import Ledger, tx_row
 
 from lightningd_py.events import (
     Event,
@@ -90,7 +90,9 @@ def by_rows(conn: sqlite3.Connection, start: float, end: float, step: float | No
     return out
 
 
-def recorded(events: list[Event]) -> Path:
+def recorded(events: list[Event], runs: list[int] | None = None) -> Path:
+    """A database with ``events`` recorded one by one, or as runs of the given sizes
+    (each run recorded twice, as a redelivery after a crash would)."""
     path = Path(tempfile.mkdtemp()) / "db.sqlite3"
 
     async def run() -> None:
@@ -100,8 +102,16 @@ def recorded(events: list[Event]) -> Path:
         async with anyio.create_task_group() as tg:
             await tg.start(store.run)
             ledger = Ledger(store.handle("metrics"))
-            for event in events:
-                await ledger.record(event)
+            if runs is None:
+                for event in events:
+                    await ledger.record(event)
+            else:
+                at = 0
+                for size in runs:
+                    await ledger.record_run(events[at : at + size])
+                    await ledger.record_run(events[at : at + size])
+                    at += size
+                await ledger.record_run(events[at:])
             await store.flush()
             tg.cancel_scope.cancel()
         await store.close()
@@ -137,3 +147,59 @@ def test_rollup_equals_reading_every_row(events, start, length, aligned, step) -
         )
     finally:
         conn.close()
+
+
+def tables(path: Path) -> dict[str, list[tuple]]:
+    conn = sqlite3.connect(path)
+    try:
+        return {
+            "tx": conn.execute("SELECT * FROM metrics_tx ORDER BY kind, key").fetchall(),
+            "hourly": conn.execute(
+                "SELECT * FROM metrics_tx_hourly WHERE count != 0 ORDER BY hour, kind, status"
+            ).fetchall(),
+            "totals": conn.execute("SELECT * FROM metrics_totals ORDER BY name").fetchall(),
+        }
+    finally:
+        conn.close()
+
+
+# What the ledger wrote before it merged runs: one upsert per event, the hourly sums kept
+# by triggers. Runs must leave exactly the tables these statements leave.
+_ORACLE_UPSERT = """
+INSERT INTO metrics_tx (kind, key, status, rank, time, created, amount_msat, fee_msat,
+                        chan_in, chan_out, payment_hash, description, event_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (kind, key) DO UPDATE SET
+    status = excluded.status, rank = excluded.rank, time = excluded.time,
+    amount_msat = excluded.amount_msat, fee_msat = excluded.fee_msat,
+    chan_in = excluded.chan_in, chan_out = excluded.chan_out,
+    payment_hash = excluded.payment_hash, event_id = excluded.event_id,
+    description = CASE WHEN excluded.description != '' THEN excluded.description ELSE description END
+WHERE excluded.rank > metrics_tx.rank
+   OR (excluded.rank = metrics_tx.rank AND excluded.event_id > metrics_tx.event_id)
+"""
+
+
+def oracle(events: list[Event]) -> Path:
+    path = Path(tempfile.mkdtemp()) / "oracle.sqlite3"
+    conn = sqlite3.connect(path)
+    try:
+        for migration in metrics_plugin.ldp_migrations()[:2]:
+            conn.executescript(migration.sql)
+        for event in events:
+            row = tx_row(event)
+            if row is not None:
+                conn.execute(_ORACLE_UPSERT, row.params())
+        conn.commit()
+    finally:
+        conn.close()
+    return path
+
+
+@settings(max_examples=60, deadline=None)
+@given(events=activity(), runs=st.lists(st.integers(1, 8), max_size=8))
+def test_runs_write_what_one_upsert_per_event_wrote(events, runs) -> None:
+    got, want = tables(recorded(events, runs)), tables(oracle(events))
+    assert got["tx"] == want["tx"]
+    assert got["hourly"] == want["hourly"]
+    assert got["totals"] == tables(recorded(events))["totals"]
