@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import sqlite3
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Collection, Mapping, Sequence
 
 import anyio
@@ -47,6 +47,9 @@ MIGRATIONS = [
 
 # How many recent events stay decoded in memory for workers that keep up.
 CACHE_SIZE = 4_096
+# Workers that lag (a catch-up) read the same stretch of the journal one after another:
+# the last few stretches read from the database stay decoded until they catch up.
+CHUNKS = 8
 
 
 class Journal:
@@ -56,6 +59,7 @@ class Journal:
         self._store = store
         self._cache: deque[Event] = deque(maxlen=CACHE_SIZE)
         self._cache_ids: deque[int] = deque(maxlen=CACHE_SIZE)
+        self._chunks: OrderedDict[int, tuple[list[int], list[Event]]] = OrderedDict()
         self._positions: dict[str, int] = {}
         self._cursors: dict[str, int] = {}
         self._new = asyncio.Event()
@@ -145,6 +149,7 @@ class Journal:
         if after >= self.last_id:
             return []
         if self._cache_ids and self._cache_ids[0] <= after + 1:
+            self._chunks.clear()
             start = bisect.bisect_right(self._cache_ids, after)
             out: list[Event] = []
             for i in range(start, len(self._cache)):
@@ -157,6 +162,19 @@ class Journal:
         return await self._read_db(after, limit, types)
 
     async def _read_db(self, after: int, limit: int, types: Collection[str] | None) -> list[Event]:
+        if types is None:
+            for ids, events in self._chunks.values():
+                if ids[0] <= after + 1 <= ids[-1]:
+                    start = bisect.bisect_right(ids, after)
+                    return events[start : start + limit]
+        events = await self._query_db(after, limit, types)
+        if types is None and events:
+            self._chunks[events[0].id] = ([e.id for e in events], events)
+            while len(self._chunks) > CHUNKS:
+                self._chunks.popitem(last=False)
+        return events
+
+    async def _query_db(self, after: int, limit: int, types: Collection[str] | None) -> list[Event]:
         def query(conn: sqlite3.Connection) -> list[Event]:
             if types is None:
                 rows = conn.execute(

@@ -216,3 +216,23 @@ async def test_runs_go_to_the_batch_hook_and_a_failing_run_is_split(tmp_path: Pa
         assert [tuple(r) for r in dead] == [("bulk", poisoned)]
         tg.cancel_scope.cancel()
     await store.close()
+
+
+async def test_lagging_readers_share_what_was_read_from_the_database(tmp_path: Path) -> None:
+    store, journal, _ = await start_host(tmp_path, {})
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        # Beyond the in-memory tail, so the oldest events come from the database.
+        ids = await journal.append([invoice(i, InvoiceCreated) for i in range(1, 6001)])
+        first = await journal.read(0, limit=500)
+        again = await journal.read(0, limit=500)
+        assert [e.id for e in again] == ids[:500] and again[0] is first[0]
+        # Any start inside a stretch read before gets the rest of that stretch, in order.
+        for after in (ids[0], ids[249], ids[498]):
+            got = await journal.read(after, limit=500)
+            assert [e.id for e in got] == [i for i in ids[:500] if i > after]
+        # Past it, the database again, then the tail.
+        assert [e.id for e in await journal.read(ids[499], limit=500)] == ids[500:1000]
+        assert [e.id for e in await journal.read(ids[-11], limit=500)] == ids[-10:]
+        tg.cancel_scope.cancel()
+    await store.close()
