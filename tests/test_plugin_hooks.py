@@ -159,6 +159,9 @@ def test_every_hook_is_called_on_a_third_party_plugin(
     ids = [i for c in called(bulk, "ldp_event_batch") for i in c["ids"]]
     assert ids == sorted(set(ids))
     seen = api_call(f"{api}/v1/probe/events", tokens["readonly"])["events"]
+    # The API knows which plugin a route came from.
+    openapi = api_call(f"{api}/v1/openapi.json", tokens["readonly"])
+    assert openapi["paths"]["/v1/probe/events"]["get"]["tags"] == ["probe"]
     assert seen["invoice.settled"] == 1 and seen["custom"] == 1  # one delivery per event
 
     # Decisions: the exchange rate and the webhook payload come from the probe.

@@ -66,7 +66,11 @@ class HttpApi:
 
     async def start(self) -> None:
         registry = RouteRegistry()
-        await self.daemon.hooks.each("ldp_register_routes", router=registry)
+        # Each plugin registers through a view naming it, so a clash or an OpenAPI tag
+        # says whose route it is.
+        await self.daemon.hooks.each_named(
+            "ldp_register_routes", per_plugin=lambda name: {"router": registry.for_owner(name)}
+        )
         self.routes = list(registry.routes)
         self.server = ApiServer(
             routes=self.routes,
