@@ -331,45 +331,52 @@ class ExpiryTracker:
             await self.sweep(stubs, limiter)
 
     async def sweep(self, stubs: Any, limiter: anyio.CapacityLimiter | None = None) -> None:
-        """Compare ``ListInvoices(pending_only)`` with the tracked set: invoices that
-        left the pending list are looked up and their end journaled; ACCEPTED ones
-        journal ``InvoiceAccepted``; pending ones never seen are tracked (and their
-        creation journaled)."""
+        """Compare ``ListInvoices(pending_only)`` with the tracked set, up to the invoice
+        reader's add index: invoices that left the pending list are looked up and their
+        end journaled; ACCEPTED ones journal ``InvoiceAccepted``; pending ones never seen
+        are tracked.
+
+        Invoices added after the reader's add index are the reader's to journal and
+        track (the stream delivers every addition after it): in a burst LND runs tens of
+        thousands of invoices ahead of the reader, and the sweep would otherwise hold
+        and journal them all at once. Pages are handled one at a time; only the pending
+        hashes are kept across them."""
         settings = self.settings
-        pending: dict[str, Any] = {}
+        reached = self.add_index
+        pending: set[str] = set()
         offset = max(0, self.floor() - 1)
-        while True:
+        while offset < reached:
             request = ln.ListInvoiceRequest(
                 pending_only=True, index_offset=offset, num_max_invoices=settings.invoice_page_size
             )
             page = await unary(stubs.lightning.ListInvoices, request, settings.rpc_timeout)
+            now = self._clock()
+            events: list[InvoiceEvent] = []
             for inv in page.invoices:
-                pending[inv.r_hash.hex()] = inv
+                if inv.add_index > reached:
+                    break
+                payment_hash = inv.r_hash.hex()
+                pending.add(payment_hash)
+                entry = self._open.get(payment_hash)
+                if entry is None:
+                    # Its creation is journaled: the reader has passed its add index.
+                    self.track(inv, convert.invoice_created(inv, now))
+                    entry = self._open[payment_hash]
+                    if inv.state == convert.ACCEPTED:
+                        entry.state = convert.OPEN  # so the ACCEPTED branch below journals it
+                if inv.state == convert.ACCEPTED and entry.state != convert.ACCEPTED:
+                    entry.state = convert.ACCEPTED
+                    events.append(convert.invoice_state_event(inv, now))  # type: ignore[arg-type]
+            if events:
+                await self.journal.append(events, {OPEN_FLOOR: self.floor()})
             if not page.invoices or page.last_index_offset <= offset:
                 break
             offset = page.last_index_offset
-        now = self._clock()
-        events: list[InvoiceEvent] = []
-        for payment_hash, inv in pending.items():
-            entry = self._open.get(payment_hash)
-            if entry is None:
-                created = convert.invoice_created(inv, now)
-                if inv.add_index > self.add_index:
-                    events.append(created)
-                self.track(inv, created)
-                entry = self._open[payment_hash]
-                if inv.state == convert.ACCEPTED:
-                    entry.state = convert.OPEN  # so the ACCEPTED branch below journals it
-            if inv.state == convert.ACCEPTED and entry.state != convert.ACCEPTED:
-                entry.state = convert.ACCEPTED
-                events.append(convert.invoice_state_event(inv, now))  # type: ignore[arg-type]
-        if events:
-            await self.journal.append(events, {OPEN_FLOOR: self.floor()})
         # An invoice that left the pending list was settled (the stream reports that;
         # the reader may just be behind), canceled or expired. Only those missing in
         # two sweeps in a row are looked up, at most _SWEEP_LOOKUPS per sweep, so a
         # burst of settlements does not turn into a burst of lookups.
-        gone = {h for h in self._open if h not in pending}
+        gone = {h for h, e in self._open.items() if h not in pending and e.created.add_index <= reached}
         suspects = [h for h in gone if h in self._gone][:_SWEEP_LOOKUPS]
         self._gone = gone
         if suspects:
