@@ -3,6 +3,7 @@ its stream readers, one worker per plugin, plugin services, signals and sd_notif
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import sys
 import time
@@ -39,6 +40,8 @@ EXIT_CONFIG = 2
 EXIT_PLUGIN = 3
 EXIT_STORE = 4
 STARTUP_TIMEOUT = 60.0
+# Seconds without a database commit after which a burst counts as over.
+TRIM_QUIET = 1.0
 
 
 def load(config_path: Path) -> tuple[PluginManager, Config]:
@@ -85,6 +88,17 @@ def main(config_path: Path | str) -> int:
         return anyio.run(supervisor.run, backend="asyncio")
     except KeyboardInterrupt:
         return 0
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``, or None where the C library has none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
 
 
 def _peek_log_format(path: Path) -> Any:
@@ -193,6 +207,7 @@ class Supervisor:
 
         tg.start_soon(link.run, on_active, name="lnd-link")
         tg.start_soon(self._watchdog, host.store_backend, name="watchdog")
+        tg.start_soon(self._trim_after_bursts, host.store_backend, name="malloc-trim")
 
     async def _start_plugins(self, host: PluginHost) -> None:
         for plugin_name, impl in host.hooks._impls("ldp_startup"):
@@ -248,6 +263,23 @@ class Supervisor:
             if store.failed is None:
                 self.notifier.send("WATCHDOG=1")
             await anyio.sleep(interval)
+
+    async def _trim_after_bursts(self, store: Store) -> None:
+        # glibc keeps the pages a burst freed (gRPC buffers, parsed messages, sqlite
+        # pages, large Python blocks) unless asked: give them back once it is over.
+        trim = _malloc_trim()
+        if trim is None:
+            return
+        units = store.stats.units
+        busy = False
+        while True:
+            await anyio.sleep(TRIM_QUIET)
+            if store.stats.units != units:
+                units = store.stats.units
+                busy = True
+            elif busy:
+                busy = False
+                await anyio.to_thread.run_sync(trim)
 
     async def _signals(
         self, scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
