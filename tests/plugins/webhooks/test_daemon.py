@@ -161,7 +161,9 @@ def test_events_made_on_the_node_reach_the_receiver(
         for s in families["lightningd_webhook_deliveries"].samples
         if s.name.endswith("_total") and s.labels == {"endpoint": "shop", "result": "delivered"}
     ]
-    assert delivered == [len(ids) + 1]
+    # The test delivery counts too; events still arriving may add deliveries meanwhile.
+    assert len(delivered) == 1
+    assert len(ids) + 1 <= delivered[0] <= len(receiver.received) + 1
     assert "lightningd_webhook_delivery_latency_seconds" in families
 
 
