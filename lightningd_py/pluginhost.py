@@ -448,30 +448,46 @@ class PluginHost:
         task_status.started()
         if not rt.impls:
             return
+        run_impl = rt.impls.get("ldp_event_batch")
+        unsaved = False
+        saved_at = 0.0
         while True:
             events = await self.journal.read(rt.cursor, limit=batch)
             if not events:
+                if unsaved:
+                    await self.journal.save_cursor(name, rt.cursor)
+                    unsaved = False
                 await self.journal.wait(rt.cursor)
                 continue
-            run_impl = rt.impls.get("ldp_event_batch")
+            delivered = False
             if run_impl is not None:
                 await self._deliver_run(rt, run_impl, events)
-                rt.handled += len(events)
+                delivered = True
             else:
                 for event in events:
                     impl = rt.impls.get(event.hook)
                     if impl is not None:
                         await self._deliver(rt, impl, event, event)
-                    rt.handled += 1
-            # The plugin's writes commit before its cursor moves past their events.
-            try:
-                await handle.flush()
-            except Exception as exc:
-                self.record_error(name, "store", exc)
-                await anyio.sleep(1.0)
-                continue
+                        delivered = True
+            rt.handled += len(events)
+            if delivered:
+                # The plugin's writes commit before its cursor moves past their events.
+                try:
+                    await handle.flush()
+                except Exception as exc:
+                    self.record_error(name, "store", exc)
+                    await anyio.sleep(1.0)
+                    continue
             rt.cursor = events[-1].id
-            await self.journal.save_cursor(name, rt.cursor)
+            # A run of events the plugin has no hook for caused no writes: its cursor is
+            # stored lazily (at least every second, and once idle), since reading such
+            # events again after a crash does nothing.
+            now = time.monotonic()
+            if delivered or now - saved_at >= 1.0:
+                await self.journal.save_cursor(name, rt.cursor)
+                saved_at, unsaved = now, False
+            else:
+                unsaved = True
 
     async def _deliver_run(self, rt: PluginRuntime, impl: pluggy.HookImpl, events: list[Any]) -> None:
         """Hand a run of events to ``ldp_event_batch``; if the run fails, hand its events

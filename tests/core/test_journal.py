@@ -236,3 +236,37 @@ async def test_lagging_readers_share_what_was_read_from_the_database(tmp_path: P
         assert [e.id for e in await journal.read(ids[-11], limit=500)] == ids[-10:]
         tg.cancel_scope.cancel()
     await store.close()
+
+
+class PaymentsOnly:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def ldp_payment_event(self, daemon, event):
+        self.calls += 1
+
+
+async def test_a_plugin_skipping_a_run_still_stores_its_cursor(tmp_path: Path) -> None:
+    plugin = PaymentsOnly()
+    store, journal, host = await start_host(tmp_path, {"payments": plugin})
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        tg.start_soon(host.run_worker, "payments")
+        # Three runs in quick succession: only the first is stored at once.
+        for start in (1, 51, 101):
+            ids = await journal.append([invoice(i, InvoiceCreated) for i in range(start, start + 50)])
+            with anyio.fail_after(10):
+                while host.runtimes["payments"].cursor < ids[-1]:
+                    await anyio.sleep(0.001)
+        with anyio.fail_after(10):
+            while True:
+                row = await host.runtimes["payments"].daemon.store.fetchone(
+                    "SELECT position FROM journal_cursors WHERE plugin = 'payments'"
+                )
+                if row is not None and row[0] == journal.last_id:
+                    break
+                await anyio.sleep(0.01)
+        assert plugin.calls == 0 and ids[-1] == journal.last_id
+        tg.cancel_scope.cancel()
+    await store.close()
