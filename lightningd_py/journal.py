@@ -46,10 +46,10 @@ MIGRATIONS = [
 ]
 
 # How many recent events stay decoded in memory for workers that keep up.
-CACHE_SIZE = 4_096
+CACHE_SIZE = 2_048
 # Workers that lag (a catch-up) read the same stretch of the journal one after another:
 # the last few stretches read from the database stay decoded until they catch up.
-CHUNKS = 8
+CHUNKS = 4
 
 
 class Journal:
