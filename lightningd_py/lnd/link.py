@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import grpc
 import structlog
 
@@ -33,6 +34,8 @@ from .rpc import lightning_pb2_grpc as lnrpc_grpc
 
 __all__ = ["LND_CIPHER_SUITES", "LndLink", "Stubs", "backoff_delay", "channel_options"]
 
+# Seconds a session's clean-up may take to cancel its calls and close its channels.
+CLOSE_TIMEOUT = 5.0
 LND_CIPHER_SUITES = (
     "HIGH+ECDSA:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305"
 )
@@ -437,11 +440,14 @@ class LndLink:
             self._active.clear()
             for task in tasks:
                 task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-            if channel is not None:
-                await channel.close()
-            await state_channel.close()
+            # Shielded: on shutdown (a cancelled task group) the channels must still be
+            # closed, or gRPC's poller calls into the event loop after it is closed.
+            with anyio.CancelScope(shield=True, deadline=anyio.current_time() + CLOSE_TIMEOUT):
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                if channel is not None:
+                    await channel.close()
+                await state_channel.close()
 
     def _end_from(self, error: LndError) -> _SessionEnd:
         if error.kind == "unreachable":
