@@ -1,7 +1,7 @@
 """The probe's companion for ``ldp_event_batch``: a plugin that implements it receives
 every event through it instead of the per-type hooks, so it cannot live in the probe.
 Records each run it is handed (event types and ids) to the file of its ``record``
-setting, like the probe."""
+setting, if set, like the probe."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ __all__ = ["BulkSettings", "ldp_config_schema", "ldp_event_batch"]
 
 
 class BulkSettings(api.PluginSettings):
-    record: Path
+    record: Path | None = None
 
 
 @api.hookimpl
@@ -29,6 +29,8 @@ def ldp_config_schema() -> type[api.PluginSettings]:
 async def ldp_event_batch(daemon: api.Daemon, events: Sequence[api.Event]) -> None:
     settings = daemon.settings
     assert isinstance(settings, BulkSettings)
+    if settings.record is None:
+        return
     with settings.record.open("a") as fh:
         line = {"hook": "ldp_event_batch", "types": [e.type for e in events], "ids": [e.id for e in events]}
         fh.write(json.dumps(line) + "\n")
