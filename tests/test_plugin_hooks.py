@@ -108,6 +108,11 @@ def test_every_hook_is_called_on_a_third_party_plugin(
     daemon = ldp_daemon_factory(config, env=site_env(PROBE_SITE))
     daemon.wait_for(lambda: "STATUS=LND active" in daemon.notifications, timeout=15)
     api, tokens = config.api_url, config.tokens
+    # Every stream subscribed and caught up (peer events made before that are not
+    # replayed by LND), which the webhooks plugin reports as live.
+    daemon.wait_for(
+        lambda: api_call(f"{api}/v1/health", tokens["readonly"])["checks"]["webhooks"]["live"], timeout=15
+    )
 
     # Lifecycle: schema (its model became daemon.settings), journal start, startup,
     # services, routes and metrics registered before READY.
