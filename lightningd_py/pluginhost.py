@@ -449,14 +449,13 @@ class PluginHost:
         if not rt.impls:
             return
         run_impl = rt.impls.get("ldp_event_batch")
-        unsaved = False
-        saved_at = 0.0
+        stored, stored_at = rt.cursor, 0.0
         while True:
             events = await self.journal.read(rt.cursor, limit=batch)
             if not events:
-                if unsaved:
+                if stored != rt.cursor:
                     await self.journal.save_cursor(name, rt.cursor)
-                    unsaved = False
+                    stored = rt.cursor
                 await self.journal.wait(rt.cursor)
                 continue
             delivered = False
@@ -483,36 +482,23 @@ class PluginHost:
             # stored lazily (at least every second, and once idle), since reading such
             # events again after a crash does nothing.
             now = time.monotonic()
-            if delivered or now - saved_at >= 1.0:
+            if delivered or now - stored_at >= 1.0:
                 await self.journal.save_cursor(name, rt.cursor)
-                saved_at, unsaved = now, False
-            else:
-                unsaved = True
+                stored, stored_at = rt.cursor, now
 
     async def _deliver_run(self, rt: PluginRuntime, impl: pluggy.HookImpl, events: list[Any]) -> None:
         """Hand a run of events to ``ldp_event_batch``; if the run fails, hand its events
         over one at a time so each is retried (and given up) on its own."""
         if len(events) > 1:
-            started = time.perf_counter()
             try:
-                value = impl.function(*[rt.daemon if a == "daemon" else events for a in impl.argnames])
-                if inspect.isawaitable(value):
-                    with anyio.fail_after(self.config.core.hook_timeout):
-                        await value
+                await self._call_hook(rt, impl, events)
+                return
             except anyio.get_cancelled_exc_class():
                 raise
             except Exception as exc:
-                if isinstance(exc, TimeoutError):
-                    exc = TimeoutError(f"hook did not finish within {self.config.core.hook_timeout} s")
                 self.record_error(
                     rt.name, f"{impl.function.__name__}(events {events[0].id}..{events[-1].id})", exc
                 )
-            else:
-                elapsed = time.perf_counter() - started
-                rt.hook_seconds += elapsed
-                for observe in self.hook_observers:
-                    observe(rt.name, impl.function.__name__, elapsed)
-                return
         for event in events:
             await self._deliver(rt, impl, [event], event)
 
@@ -520,24 +506,14 @@ class PluginHost:
         """Call one event hook with ``arg`` (the event, or a run holding only ``event``)
         until it succeeds or is given up."""
         max_attempts = self.config.core.hook_max_attempts
-        timeout = self.config.core.hook_timeout
         attempt = 0
         while True:
             attempt += 1
-            started = time.perf_counter()
             try:
-                value = impl.function(*[rt.daemon if a == "daemon" else arg for a in impl.argnames])
-                if inspect.isawaitable(value):
-                    with anyio.fail_after(timeout):
-                        await value
+                await self._call_hook(rt, impl, arg)
             except anyio.get_cancelled_exc_class():
                 raise
             except Exception as exc:
-                elapsed = time.perf_counter() - started
-                for observe in self.hook_observers:
-                    observe(rt.name, impl.function.__name__, elapsed)
-                if isinstance(exc, TimeoutError):
-                    exc = TimeoutError(f"hook did not finish within {timeout} s")
                 rt.retrying = True
                 self.record_error(rt.name, f"{impl.function.__name__}(event {event.id})", exc)
                 if max_attempts and attempt >= max_attempts:
@@ -552,12 +528,26 @@ class PluginHost:
                     return
                 await anyio.sleep(_backoff(attempt))
                 continue
-            elapsed = time.perf_counter() - started
-            rt.hook_seconds += elapsed
-            for observe in self.hook_observers:
-                observe(rt.name, impl.function.__name__, elapsed)
             rt.retrying = False
             return
+
+    async def _call_hook(self, rt: PluginRuntime, impl: pluggy.HookImpl, arg: Any) -> None:
+        """Call an event hook once with ``arg``, awaited within ``[core] hook_timeout``;
+        its duration is observed whether it succeeds or fails."""
+        timeout = self.config.core.hook_timeout
+        started = time.perf_counter()
+        try:
+            value = impl.function(*[rt.daemon if a == "daemon" else arg for a in impl.argnames])
+            if inspect.isawaitable(value):
+                with anyio.fail_after(timeout):
+                    await value
+        except TimeoutError as exc:
+            raise TimeoutError(f"hook did not finish within {timeout} s") from exc
+        finally:
+            elapsed = time.perf_counter() - started
+            for observe in self.hook_observers:
+                observe(rt.name, impl.function.__name__, elapsed)
+        rt.hook_seconds += elapsed
 
 
 def _backoff(attempt: int, base: float = 0.2, cap: float = 30.0) -> float:
