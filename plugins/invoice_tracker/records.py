@@ -45,7 +45,6 @@ __all__ = [
     "CreatedInvoice",
     "InvoiceLookups",
     "InvoiceStatus",
-    "apply_event",
     "apply_events",
     "creation_row",
     "decode_cursor",
@@ -185,19 +184,11 @@ def _event_rows(event: InvoiceEvent) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     return invoice, history
 
 
-async def apply_event(store: Store, event: InvoiceEvent) -> None:
-    """Record an invoice event: upsert the invoice and add a history row.
-
-    Idempotent: a redelivered event (same ``event.id``) changes nothing.
-    """
-    await apply_events(store, [event])
-
-
 async def apply_events(store: Store, events: Iterable[Event]) -> None:
     """Record the invoice events of a run (others are skipped), one statement per table.
 
-    Idempotent like :func:`apply_event`; the upsert's merge rules make the result the
-    same as recording the events one by one, in order.
+    Idempotent: a redelivered event (same ``event.id``) changes nothing; the upsert's
+    merge rules make the result the same as recording the events one by one, in order.
     """
     invoices: list[tuple[Any, ...]] = []
     history: list[tuple[Any, ...]] = []

@@ -179,10 +179,6 @@ class WebhookService:
                 return
             await anyio.sleep(0.01)
 
-    async def handle_event(self, event: Event) -> None:
-        """Handle one event (see :meth:`handle_events`)."""
-        await self.handle_events([event])
-
     async def handle_events(self, events: Iterable[Event]) -> None:
         """Write one outbox row per endpoint that wants each event of a run (one
         statement for the run), then hand the deliveries to the workers. Idempotent: a

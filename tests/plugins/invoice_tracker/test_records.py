@@ -58,7 +58,7 @@ def created(h: str = H1, event_id: int = 1, **kw: object) -> InvoiceCreated:
 
 async def apply(store: StoreHandle, *events: object) -> None:
     for event in events:
-        await records.apply_event(store, event)  # type: ignore[arg-type]
+        await records.apply_events(store, [event])  # type: ignore[list-item]
     await store.flush()
 
 
