@@ -143,6 +143,19 @@ def plugins_caught_up(state_dir: Path, plugins: list[str]) -> bool:
     return top > 0 and all(cursors.get(p, 0) >= top for p in plugins)
 
 
+def full_config(simnet: SimnetProcess, state_dir: Path, path: Path) -> Path:
+    """A config with every built-in plugin on (API and metrics on free ports)."""
+    data = daemon_config(
+        simnet,
+        state_dir,
+        api_listen=f"127.0.0.1:{free_port()}",
+        metrics_listen=f"127.0.0.1:{free_port()}",
+        token_hashes={},
+        core={"log_level": "warning"},
+    )
+    return write_config(path, data)
+
+
 def settled_count(state_dir: Path) -> int:
     conn = sqlite3.connect(f"file:{state_dir / 'lightningd-py.sqlite'}?mode=ro", uri=True, timeout=10)
     try:
@@ -188,17 +201,7 @@ def main() -> int:
 
         # --- a real daemon process with every built-in plugin, on a node with no history yet
         fresh_state = root / "fresh-state"
-        fresh_path = write_config(
-            root / "fresh.toml",
-            daemon_config(
-                simnet,
-                fresh_state,
-                api_listen=f"127.0.0.1:{free_port()}",
-                metrics_listen=f"127.0.0.1:{free_port()}",
-                token_hashes={},
-                core={"log_level": "warning"},
-            ),
-        )
+        fresh_path = full_config(simnet, fresh_state, root / "fresh.toml")
         daemon = DaemonProcess(fresh_path, log_path=root / "fresh.log")
         daemon.start(timeout=30)
         builtins = ["invoice_tracker", "webhooks", "metrics", "rebalancer"]
@@ -218,15 +221,7 @@ def main() -> int:
 
         # --- a real daemon process with every built-in plugin
         state = root / "full-state"
-        data = daemon_config(
-            simnet,
-            state,
-            api_listen=f"127.0.0.1:{free_port()}",
-            metrics_listen=f"127.0.0.1:{free_port()}",
-            token_hashes={},
-            core={"log_level": "warning"},
-        )
-        full_path = write_config(root / "full.toml", data)
+        full_path = full_config(simnet, state, root / "full.toml")
         ready_times = []
         for i in range(5):
             daemon = DaemonProcess(full_path, log_path=root / "daemon.log")
