@@ -206,6 +206,16 @@ class Journal:
             return True
         return self.last_id > after
 
+    def release_memory(self) -> None:
+        """Drop the decoded events kept for reading; the database still has them.
+
+        Events appended from now on are cached again, so a worker that has caught up
+        keeps reading from memory.
+        """
+        self._cache.clear()
+        self._cache_ids.clear()
+        self._chunks.clear()
+
     # ------------------------------------------------------------ cursors
 
     def cursor(self, plugin: str) -> int | None:

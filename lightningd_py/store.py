@@ -56,6 +56,10 @@ class _Unit:
     on_commit: Callable[[Any], None] | None = None
 
 
+def _shrink(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA shrink_memory")
+
+
 @dataclass(slots=True)
 class StoreStats:
     batches: int = 0
@@ -74,6 +78,8 @@ class Store:
         self._readers: list[sqlite3.Connection] = []
         self._reader_limiter = anyio.CapacityLimiter(READERS)
         self._pending: list[_Unit] = []
+        # Held while a batch runs on the writer connection, which is not thread-safe.
+        self._writing = anyio.Lock()
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -159,7 +165,8 @@ class Store:
             self._room.set()
             started = time.perf_counter()
             # Not abandoned on cancel: a batch in flight always finishes and resolves.
-            results = await anyio.to_thread.run_sync(self._run_batch, units)
+            async with self._writing:
+                results = await anyio.to_thread.run_sync(self._run_batch, units)
             elapsed = time.perf_counter() - started
             self.stats.batches += 1
             self.stats.units += len(units)
@@ -288,6 +295,23 @@ class Store:
                 raise StoreError(f"database read failed: {exc}") from exc
             finally:
                 self._readers.append(conn)
+
+    async def release_memory(self) -> None:
+        """Give back every connection's page cache (``PRAGMA shrink_memory``).
+
+        Pages a burst or a long read brought in stay cached per connection (up to
+        sqlite's default 2 MiB each) until released; an idle daemon does not need them.
+        """
+        if self._writer is not None:
+            async with self._writing:
+                await anyio.to_thread.run_sync(_shrink, self._writer)
+        for _ in range(len(self._readers)):
+            async with self._reader_limiter:
+                conn = self._readers.pop(0)
+                try:
+                    await anyio.to_thread.run_sync(_shrink, conn)
+                finally:
+                    self._readers.append(conn)
 
     def read_sync(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """A read on the writer connection, for start-up code that runs before the writer task."""

@@ -207,7 +207,7 @@ class Supervisor:
 
         tg.start_soon(link.run, on_active, name="lnd-link")
         tg.start_soon(self._watchdog, host.store_backend, name="watchdog")
-        tg.start_soon(self._trim_after_bursts, host.store_backend, name="malloc-trim")
+        tg.start_soon(self._trim_after_bursts, host.store_backend, journal, name="malloc-trim")
 
     async def _start_plugins(self, host: PluginHost) -> None:
         for plugin_name, impl in host.hooks._impls("ldp_startup"):
@@ -264,9 +264,10 @@ class Supervisor:
                 self.notifier.send("WATCHDOG=1")
             await anyio.sleep(interval)
 
-    async def _trim_after_bursts(self, store: Store) -> None:
-        # glibc keeps the pages a burst freed (gRPC buffers, parsed messages, sqlite
-        # pages, large Python blocks) unless asked: give them back once it is over.
+    async def _trim_after_bursts(self, store: Store, journal: Journal) -> None:
+        # The journal keeps recent events decoded, sqlite each connection's page cache,
+        # and glibc the pages a burst freed (gRPC buffers, parsed messages, large
+        # Python blocks), unless asked: give them back once it is over.
         trim = _malloc_trim()
         if trim is None:
             return
@@ -279,6 +280,8 @@ class Supervisor:
                 busy = True
             elif busy:
                 busy = False
+                journal.release_memory()
+                await store.release_memory()
                 await anyio.to_thread.run_sync(trim)
 
     async def _signals(

@@ -46,11 +46,17 @@ HEX64 = r"^[0-9a-f]{64}$"
 PUBKEY = r"^(02|03)[0-9a-f]{64}$"
 
 
-class _Body(BaseModel):
+class _Model(BaseModel):
+    # Validators and serializers are built on first use: a daemon that never serves
+    # an endpoint does not hold them.
+    model_config = ConfigDict(defer_build=True)
+
+
+class _Body(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class _Query(BaseModel):
+class _Query(_Model):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
@@ -72,7 +78,7 @@ class InvoiceCreate(_Body):
     metadata: dict[str, Any] | None = Field(None, description="free-form object kept with the invoice")
 
 
-class FiatInfo(BaseModel):
+class FiatInfo(_Model):
     currency: str
     amount: str | None
     exchange_rate: str | None
@@ -81,7 +87,7 @@ class FiatInfo(BaseModel):
 InvoiceStatus = Literal["pending", "accepted", "paid", "expired", "canceled"]
 
 
-class InvoiceOut(BaseModel):
+class InvoiceOut(_Model):
     payment_hash: str
     payment_request: str
     memo: str
@@ -100,19 +106,19 @@ class InvoiceOut(BaseModel):
     metadata: dict[str, Any] | None
 
 
-class InvoiceList(BaseModel):
+class InvoiceList(_Model):
     invoices: list[InvoiceOut]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
 
 
-class InvoiceChange(BaseModel):
+class InvoiceChange(_Model):
     event_id: int = Field(description="the journal id of the event that made the change")
     status: InvoiceStatus
     time: float
     amount_paid_msat: int
 
 
-class InvoiceHistory(BaseModel):
+class InvoiceHistory(_Model):
     payment_hash: str
     changes: list[InvoiceChange]
 
@@ -136,7 +142,7 @@ class DecodeRequest(_Body):
     payment_request: str = Field(min_length=1, max_length=7089)
 
 
-class Decoded(BaseModel):
+class Decoded(_Model):
     destination: str
     payment_hash: str
     amount_msat: int
@@ -149,7 +155,7 @@ class Decoded(BaseModel):
     payment_addr: str
 
 
-class NodeOut(BaseModel):
+class NodeOut(_Model):
     pubkey: str
     alias: str
     color: str
@@ -166,7 +172,7 @@ class NodeOut(BaseModel):
     uris: list[str]
 
 
-class Balances(BaseModel):
+class Balances(_Model):
     onchain_total_sat: int
     onchain_confirmed_sat: int
     onchain_unconfirmed_sat: int
@@ -193,7 +199,7 @@ class PaymentCreate(_Body):
 PaymentStatus = Literal["in_flight", "succeeded", "failed"]
 
 
-class PaymentOut(BaseModel):
+class PaymentOut(_Model):
     payment_hash: str
     status: PaymentStatus
     amount_msat: int
@@ -205,7 +211,7 @@ class PaymentOut(BaseModel):
     created_at_ns: int
 
 
-class PaymentList(BaseModel):
+class PaymentList(_Model):
     payments: list[PaymentOut]
     next_cursor: str | None
 
@@ -219,7 +225,7 @@ class PaymentListQuery(_Query):
 # ---------------------------------------------------------------- channels
 
 
-class ChannelOut(BaseModel):
+class ChannelOut(_Model):
     chan_id: str
     channel_point: str
     remote_pubkey: str
@@ -232,7 +238,7 @@ class ChannelOut(BaseModel):
     peer_alias: str
 
 
-class PendingChannelOut(BaseModel):
+class PendingChannelOut(_Model):
     channel_point: str
     remote_pubkey: str
     capacity_sat: int
@@ -241,7 +247,7 @@ class PendingChannelOut(BaseModel):
     closing_txid: str | None
 
 
-class ChannelList(BaseModel):
+class ChannelList(_Model):
     channels: list[ChannelOut]
     pending: list[PendingChannelOut]
 
@@ -254,7 +260,7 @@ class ChannelOpen(_Body):
     sat_per_vbyte: int | None = Field(None, ge=1, le=10_000)
 
 
-class ChannelOpened(BaseModel):
+class ChannelOpened(_Model):
     channel_point: str
 
 
@@ -263,7 +269,7 @@ class CloseQuery(_Query):
     sat_per_vbyte: int | None = Field(None, ge=1, le=10_000)
 
 
-class ChannelClosed(BaseModel):
+class ChannelClosed(_Model):
     channel_point: str
     closing_txid: str
 
@@ -282,7 +288,7 @@ class EventsQuery(_Query):
     )
 
 
-class Health(BaseModel):
+class Health(_Model):
     ok: bool
     lnd: dict[str, Any]
     database: dict[str, Any]

@@ -21,7 +21,8 @@ __all__ = [
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Built on first use: a daemon that never serves a report does not hold them.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class Window(_Out):
@@ -86,7 +87,7 @@ class Fiat(BaseModel):
     """``currency``, ``rate`` (price of 1 BTC, a decimal string) and each amount of the
     endpoint in that currency (a number, to the cent)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     currency: str
     rate: str

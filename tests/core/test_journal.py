@@ -238,6 +238,38 @@ async def test_lagging_readers_share_what_was_read_from_the_database(tmp_path: P
     await store.close()
 
 
+async def test_released_memory_is_read_back_from_the_database(tmp_path: Path) -> None:
+    store, journal, _ = await start_host(tmp_path, {})
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        ids = await journal.append([invoice(i, InvoiceCreated) for i in range(1, 101)])
+        cached = await journal.read(0, limit=500)
+        assert (await journal.read(0, limit=500))[0] is cached[0]
+
+        # Giving memory back while writes and reads go on loses nothing.
+        async def release() -> None:
+            for _ in range(20):
+                journal.release_memory()
+                await store.release_memory()
+
+        tg.start_soon(release)
+        more = []
+        for i in range(101, 301):
+            more += await journal.append([invoice(i, InvoiceCreated)])
+            assert [e.id for e in await journal.read(more[-1] - 1)] == [more[-1]]
+        journal.release_memory()
+        await store.release_memory()
+        from_db = await journal.read(0, limit=500)
+        assert [e.id for e in from_db] == ids + more
+        assert from_db[0] is not cached[0] and from_db[0] == cached[0]
+        # What is appended afterwards is kept decoded again for workers that keep up.
+        newest = await journal.append([invoice(301, InvoiceCreated)])
+        tail = await journal.read(more[-1])
+        assert [e.id for e in tail] == newest and (await journal.read(more[-1]))[0] is tail[0]
+        tg.cancel_scope.cancel()
+    await store.close()
+
+
 class PaymentsOnly:
     def __init__(self) -> None:
         self.calls = 0
