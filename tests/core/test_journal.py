@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import anyio
@@ -266,6 +267,37 @@ async def test_released_memory_is_read_back_from_the_database(tmp_path: Path) ->
         newest = await journal.append([invoice(301, InvoiceCreated)])
         tail = await journal.read(more[-1])
         assert [e.id for e in tail] == newest and (await journal.read(more[-1]))[0] is tail[0]
+        tg.cancel_scope.cancel()
+    await store.close()
+
+
+async def test_commits_reach_the_database_file_without_waiting_for_a_full_wal(tmp_path: Path) -> None:
+    store, journal, _ = await start_host(tmp_path, {})
+    main_file_copy = tmp_path / "main-file-only.sqlite"
+
+    def in_main_file() -> int:
+        # The database file alone, without its WAL: what checkpoints have copied there.
+        main_file_copy.write_bytes(store.path.read_bytes())
+        conn = sqlite3.connect(f"file:{main_file_copy}?immutable=1", uri=True)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM journal").fetchone()[0]
+        except sqlite3.OperationalError:  # not even the schema is there yet
+            return 0
+        finally:
+            conn.close()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        # Far fewer pages than sqlite's own 1000-page checkpoint mark.
+        ids = await journal.append([invoice(i, InvoiceCreated) for i in range(1, 201)])
+        with anyio.fail_after(10):
+            while in_main_file() < len(ids):
+                await anyio.sleep(0.05)
+        # Later commits follow.
+        more = await journal.append([invoice(i, InvoiceCreated) for i in range(201, 211)])
+        with anyio.fail_after(10):
+            while in_main_file() < len(ids) + len(more):
+                await anyio.sleep(0.05)
         tg.cancel_scope.cancel()
     await store.close()
 
