@@ -154,11 +154,25 @@ MIGRATIONS = [
 _RANK = {"open": 0, "accepted": 1}
 
 _SELECT_TX = (
-    "SELECT key, status, rank, time, created, amount_msat, fee_msat, description, event_id "
-    "FROM metrics_tx WHERE kind = ? AND key IN ({marks})"
+    "SELECT key, status, rank, time, created, amount_msat, fee_msat, description, event_id, "
+    "payment_hash FROM metrics_tx WHERE kind = ? AND key IN ({marks})"
 )
 
-_REPLACE_TX = "INSERT OR REPLACE INTO metrics_tx VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_TX = "INSERT INTO metrics_tx VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+# A row's later state is an UPDATE of the columns that change: sqlite then rewrites only
+# the indexes on those columns (a REPLACE deletes and re-inserts every index entry).
+# The creation time never changes; the payment hash seldom does (a rebalance learns its
+# hash from a later attempt) and has its own statement, so its index is left alone.
+_UPDATE_TX = (
+    "UPDATE metrics_tx SET status = ?, rank = ?, time = ?, amount_msat = ?, fee_msat = ?, "
+    "chan_in = ?, chan_out = ?, description = ?, event_id = ? WHERE kind = ? AND key = ?"
+)
+_UPDATE_TX_HASH = (
+    "UPDATE metrics_tx SET status = ?, rank = ?, time = ?, amount_msat = ?, fee_msat = ?, "
+    "chan_in = ?, chan_out = ?, description = ?, event_id = ?, payment_hash = ? "
+    "WHERE kind = ? AND key = ?"
+)
 
 _ADD_HOURLY = """
 INSERT INTO metrics_tx_hourly (hour, kind, status, count, amount_msat, fee_msat)
@@ -364,9 +378,11 @@ def write_tx_rows(conn: sqlite3.Connection, rows: Sequence[TxRow]) -> None:
             sql = _SELECT_TX.format(marks=",".join("?" * len(chunk)))
             for r in conn.execute(sql, (kind, *chunk)):
                 stored[(kind, r[0])] = TxRow(
-                    kind, r[0], r[1], r[2], r[3], r[4], r[5], r[6], 0, 0, "", r[7], r[8]
+                    kind, r[0], r[1], r[2], r[3], r[4], r[5], r[6], 0, 0, r[9], r[7], r[8]
                 )
-    writes: list[tuple[object, ...]] = []
+    inserts: list[tuple[object, ...]] = []
+    updates: list[tuple[object, ...]] = []
+    hash_updates: list[tuple[object, ...]] = []
     hourly: dict[tuple[int, str, str], list[int]] = {}
 
     def move(row: TxRow, sign: int) -> None:
@@ -377,14 +393,33 @@ def write_tx_rows(conn: sqlite3.Connection, rows: Sequence[TxRow]) -> None:
 
     for ident, row in merged.items():
         old = stored.get(ident)
-        if old is not None:
-            if not _supersedes(row, old):
-                continue
-            row = _succeed(row, old)
-            move(old, -1)
+        if old is None:
+            move(row, 1)
+            inserts.append(row.params())
+            continue
+        if not _supersedes(row, old):
+            continue
+        row = _succeed(row, old)
+        move(old, -1)
         move(row, 1)
-        writes.append(row.params())
-    conn.executemany(_REPLACE_TX, writes)
+        change = (
+            row.status,
+            row.rank,
+            row.time,
+            row.amount_msat,
+            row.fee_msat,
+            row.chan_in,
+            row.chan_out,
+            row.description,
+            row.event_id,
+        )
+        if row.payment_hash == old.payment_hash:
+            updates.append((*change, row.kind, row.key))
+        else:
+            hash_updates.append((*change, row.payment_hash, row.kind, row.key))
+    conn.executemany(_INSERT_TX, inserts)
+    conn.executemany(_UPDATE_TX, updates)
+    conn.executemany(_UPDATE_TX_HASH, hash_updates)
     conn.executemany(
         _ADD_HOURLY,
         [(hour, kind, status, *sums) for (hour, kind, status), sums in hourly.items() if any(sums)],

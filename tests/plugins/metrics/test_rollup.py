@@ -24,6 +24,8 @@ from lightningd_py.events import (
     InvoiceSettled,
     PaymentFailed,
     PaymentSucceeded,
+    RebalanceFailed,
+    RebalanceSucceeded,
 )
 from lightningd_py.store import Store
 
@@ -35,7 +37,7 @@ SPAN = 3 * 86400
 def activity(draw: st.DrawFn) -> list[Event]:
     events: list[Event] = []
     for i in range(draw(st.integers(1, 25))):
-        kind = draw(st.sampled_from(["invoice", "payment", "forward"]))
+        kind = draw(st.sampled_from(["invoice", "payment", "forward", "rebalance"]))
         when = T0 + draw(st.floats(0, SPAN))
         amount = draw(st.integers(1, 10**9))
         h = f"{i:064x}"
@@ -56,6 +58,21 @@ def activity(draw: st.DrawFn) -> list[Event]:
             events.append(
                 cls(time=when, payment_hash=h, payment_index=i, value_msat=amount, fee_msat=amount // 100)
             )
+        elif kind == "rebalance":
+            # Attempts of one rebalance, each with its own payment hash (or none yet).
+            for attempt in range(draw(st.integers(1, 3))):
+                cls = draw(st.sampled_from([RebalanceSucceeded, RebalanceFailed]))
+                events.append(
+                    cls(
+                        time=when + attempt,
+                        rebalance_id=f"r{i}",
+                        outgoing_chan_id=1,
+                        incoming_chan_id=2,
+                        amount_msat=amount,
+                        fee_msat=amount // 1000,
+                        payment_hash=draw(st.sampled_from(["", f"{i:064x}", f"{i + 1000:064x}"])),
+                    )
+                )
         else:
             cls = draw(st.sampled_from([ForwardSettled, ForwardFailed]))
             events.append(
