@@ -51,6 +51,8 @@ CACHE_SIZE = 2_048
 # the last few stretches read from the database stay decoded until they catch up.
 CHUNKS = 4
 
+_JSON = msgspec.json.Encoder()
+
 
 class Journal:
     """The event journal (``daemon.journal`` for plugins)."""
@@ -246,13 +248,12 @@ class Journal:
         return await self._store.read(query)
 
 
+# The keys go in as one JSON array: one statement for any number of keys, where an
+# IN list of ? marks compiles (and caches) a statement per count. CROSS JOIN keeps the
+# array as the outer loop: one primary-key lookup per key.
+_KNOWN_KEYS = "SELECT k.key FROM json_each(?) AS j CROSS JOIN journal_keys AS k ON k.key = j.value"
+
+
 def _known_keys(conn: sqlite3.Connection, keys: set[str]) -> set[str]:
     """Which of ``keys`` are journaled already."""
-    found: set[str] = set()
-    wanted = list(keys)
-    for i in range(0, len(wanted), 500):
-        chunk = wanted[i : i + 500]
-        marks = ",".join("?" * len(chunk))
-        query = f"SELECT key FROM journal_keys WHERE key IN ({marks})"
-        found.update(row[0] for row in conn.execute(query, chunk))
-    return found
+    return {row[0] for row in conn.execute(_KNOWN_KEYS, (_JSON.encode(list(keys)),))}

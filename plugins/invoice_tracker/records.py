@@ -406,10 +406,14 @@ class InvoiceLookups:
         return row_to_invoice(row, now) if row is not None else None
 
 
+# The hashes go in as one JSON array: one statement for any number of them.
+_SELECT_MANY = (
+    f"SELECT {_COLUMNS} FROM invoice_tracker_invoices WHERE payment_hash IN (SELECT value FROM json_each(?))"
+)
+
+
 def _select_many(conn: sqlite3.Connection, hashes: list[str]) -> list[Any]:
-    marks = ",".join("?" * len(hashes))
-    sql = f"SELECT {_COLUMNS} FROM invoice_tracker_invoices WHERE payment_hash IN ({marks})"
-    return conn.execute(sql, hashes).fetchall()
+    return conn.execute(_SELECT_MANY, (json.dumps(hashes),)).fetchall()
 
 
 async def invoice_history(store: Store, payment_hash: str) -> list[dict[str, Any]]:

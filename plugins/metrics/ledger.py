@@ -23,6 +23,7 @@ or below the last id already counted for its type.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -153,9 +154,11 @@ MIGRATIONS = [
 # Later states win over earlier ones; a replayed "created" never downgrades a settled row.
 _RANK = {"open": 0, "accepted": 1}
 
+# The keys go in as one JSON array: one statement for any number of keys.
 _SELECT_TX = (
-    "SELECT key, status, rank, time, created, amount_msat, fee_msat, description, event_id, "
-    "payment_hash FROM metrics_tx WHERE kind = ? AND key IN ({marks})"
+    "SELECT t.key, t.status, t.rank, t.time, t.created, t.amount_msat, t.fee_msat, "
+    "t.description, t.event_id, t.payment_hash "
+    "FROM json_each(?) AS j CROSS JOIN metrics_tx AS t ON t.kind = ? AND t.key = j.value"
 )
 
 _INSERT_TX = "INSERT INTO metrics_tx VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -373,13 +376,9 @@ def write_tx_rows(conn: sqlite3.Connection, rows: Sequence[TxRow]) -> None:
     for kind, key in merged:
         by_kind.setdefault(kind, []).append(key)
     for kind, keys in by_kind.items():
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            sql = _SELECT_TX.format(marks=",".join("?" * len(chunk)))
-            for r in conn.execute(sql, (kind, *chunk)):
-                stored[(kind, r[0])] = TxRow(
-                    kind, r[0], r[1], r[2], r[3], r[4], r[5], r[6], 0, 0, r[9], r[7], r[8]
-                )
+        for r in conn.execute(_SELECT_TX, (json.dumps(keys), kind)):
+            key = r[0]
+            stored[(kind, key)] = TxRow(kind, key, r[1], r[2], r[3], r[4], r[5], r[6], 0, 0, r[9], r[7], r[8])
     inserts: list[tuple[object, ...]] = []
     updates: list[tuple[object, ...]] = []
     hash_updates: list[tuple[object, ...]] = []

@@ -335,9 +335,10 @@ class Ledger:
         if not runs:
             return runs
         ids = [r["rebalance_id"] for r in runs]
-        marks = ",".join("?" * len(ids))
         attempts = await self.store.fetchall(
-            f"SELECT * FROM rebalancer_attempts WHERE rebalance_id IN ({marks}) ORDER BY id", ids
+            "SELECT * FROM rebalancer_attempts "
+            "WHERE rebalance_id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (json.dumps(ids),),
         )
         by_run: dict[str, list[dict[str, Any]]] = {}
         for a in attempts:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import random
 import time
 from collections import deque
@@ -51,7 +52,8 @@ _SELECT_PENDING_IDS = (
 )
 _SELECT_ROWS = (
     "SELECT msg_id, endpoint, event_type, event_time, body, attempts, next_attempt_at "
-    "FROM webhooks_deliveries WHERE status = 'pending' AND msg_id IN ({marks})"
+    "FROM webhooks_deliveries WHERE status = 'pending' "
+    "AND msg_id IN (SELECT value FROM json_each(?))"
 )
 _UPDATE_DELIVERED = (
     "UPDATE webhooks_deliveries SET status = 'delivered', attempts = ?, last_attempt_at = ?, "
@@ -245,12 +247,8 @@ class EndpointWorker:
             ids = await self._store.fetchall(_SELECT_PENDING_IDS, (self.name, limit))
             skip = self._known | self._recent
             wanted = [r["msg_id"] for r in ids if r["msg_id"] not in skip][:room]
-            # Bodies only for the rows taken, in chunks that stay under sqlite's variable limit.
-            rows = []
-            for i in range(0, len(wanted), 500):
-                chunk = wanted[i : i + 500]
-                sql = _SELECT_ROWS.format(marks=",".join("?" * len(chunk)))
-                rows += await self._store.fetchall(sql, chunk)
+            # Bodies only for the rows taken (their ids as one JSON array).
+            rows = await self._store.fetchall(_SELECT_ROWS, (json.dumps(wanted),))
             # Rows that finished while the bodies were read are not pending any more.
             skip = self._known | self._recent
         finally:
