@@ -65,6 +65,8 @@ class Daemon:
     :ivar node: what the daemon knows of LND right now.
     :ivar log: a structlog logger bound with ``plugin=<name>``.
     :ivar state_dir: the directory the daemon keeps its state in.
+    :ivar state: the plugin's own objects for this daemon (a service it starts in
+        ``ldp_startup``, say), kept between hook calls; empty at start, one per plugin.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Daemon:
         self.settings = settings
         self._store = host.store_for(name)
         self.log = structlog.get_logger("lightningd_py").bind(plugin=name)
+        self.state: dict[str, Any] = {}
 
     # Properties read through the host so a config reload is seen everywhere at once.
     @property

@@ -12,7 +12,6 @@ stream. See docs/http-api.md.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -113,13 +112,12 @@ class HttpApi:
 
 
 # One HttpApi per running daemon handle (tests run several daemons in one process).
-_running: weakref.WeakKeyDictionary[Daemon, HttpApi] = weakref.WeakKeyDictionary()
 
 
 def _api(daemon: Daemon) -> HttpApi:
-    api = _running.get(daemon)
+    api = daemon.state.get("api")
     if api is None:
-        api = _running[daemon] = HttpApi(daemon)
+        api = daemon.state["api"] = HttpApi(daemon)
     return api
 
 
@@ -162,7 +160,7 @@ async def ldp_payment_event(daemon: Daemon, event: PaymentEvent) -> None:
 # every plugin that needs a price (analytics in fiat, say), not only invoice creation.
 @hookimpl(trylast=True)
 async def ldp_exchange_rate(daemon: Daemon, currency: str) -> Decimal | None:
-    api = _running.get(daemon)
+    api = daemon.state.get("api")
     if api is None or asking_plugins.get() or not CURRENCY.match(currency):
         return None
     try:
@@ -174,7 +172,7 @@ async def ldp_exchange_rate(daemon: Daemon, currency: str) -> Decimal | None:
 
 @hookimpl
 def ldp_health(daemon: Daemon) -> dict[str, object] | None:
-    api = _running.get(daemon)
+    api = daemon.state.get("api")
     if api is None or api.server is None:
         return {"ok": False, "listening": False}
     return {
@@ -194,6 +192,6 @@ def ldp_config_reloaded(daemon: Daemon) -> None:
 # plugins serving them close.
 @hookimpl(trylast=True)
 async def ldp_shutdown(daemon: Daemon) -> None:
-    api = _running.pop(daemon, None)
+    api = daemon.state.pop("api", None)
     if api is not None:
         await api.stop()

@@ -15,7 +15,6 @@ Every metric and endpoint is described in ``docs/metrics.md``.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -54,11 +53,10 @@ __all__ = [
 
 # The plugin is a module (as registered through its entry point), so its run-time state
 # is kept per daemon handle; weak keys let a stopped daemon's state go with it.
-_runtimes: weakref.WeakKeyDictionary[Daemon, MetricsRuntime] = weakref.WeakKeyDictionary()
 
 
 def _runtime(daemon: Daemon) -> MetricsRuntime:
-    runtime = _runtimes.get(daemon)
+    runtime = daemon.state.get("runtime")
     if runtime is None:
         raise ApiError(503, "metrics_not_started", "the metrics plugin has not started yet")
     return runtime
@@ -79,32 +77,32 @@ async def ldp_startup(daemon: Daemon) -> None:
     runtime = MetricsRuntime.create(daemon)
     await runtime.ledger.load()
     await runtime.server.start()
-    _runtimes[daemon] = runtime
+    daemon.state["runtime"] = runtime
     daemon.log.info("metrics endpoint listening", listen=runtime.server.listen)
 
 
 @hookimpl
 def ldp_register_metrics(daemon: Daemon, registry: CollectorRegistry) -> None:
-    runtime = _runtimes[daemon]
+    runtime = daemon.state["runtime"]
     registry.register(NodeCollector(runtime.poller))
     registry.register(ActivityCollector(runtime.ledger))
 
 
 @hookimpl
 def ldp_background_tasks(daemon: Daemon) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
-    return [("node-snapshot", _runtimes[daemon].poller.run)]
+    return [("node-snapshot", daemon.state["runtime"].poller.run)]
 
 
 @hookimpl
 async def ldp_shutdown(daemon: Daemon) -> None:
-    runtime = _runtimes.pop(daemon, None)
+    runtime = daemon.state.pop("runtime", None)
     if runtime is not None:
         await runtime.server.stop()
 
 
 @hookimpl
 def ldp_health(daemon: Daemon) -> dict[str, Any] | None:
-    runtime = _runtimes.get(daemon)
+    runtime = daemon.state.get("runtime")
     if runtime is None:
         return None
     snapshot, stats = runtime.poller.snapshot, runtime.poller.stats
@@ -126,7 +124,7 @@ def ldp_register_routes(daemon: Daemon, router: RouteRegistry) -> None:
 
 @hookimpl
 async def ldp_event_batch(daemon: Daemon, events: Sequence[Event]) -> None:
-    runtime = _runtimes[daemon]
+    runtime = daemon.state["runtime"]
     await runtime.ledger.record_run(events)
     poke = False
     for event in events:

@@ -9,7 +9,6 @@ atomically to a file. See docs/rebalancer.md.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -59,15 +58,14 @@ __all__ = [
 ]
 
 # One service per daemon handle (tests run several daemons in one process).
-_services: weakref.WeakKeyDictionary[Daemon, RebalancerService] = weakref.WeakKeyDictionary()
 
 
 def service_for(daemon: Daemon) -> RebalancerService:
     """The plugin's service for this daemon handle (created on first use: the HTTP API
     may ask for routes before this plugin's ``ldp_startup`` ran)."""
-    service = _services.get(daemon)
+    service = daemon.state.get("service")
     if service is None:
-        service = _services[daemon] = RebalancerService(daemon)
+        service = daemon.state["service"] = RebalancerService(daemon)
     return service
 
 
@@ -100,7 +98,7 @@ def ldp_config_reloaded(daemon: Daemon) -> None:
 
 @hookimpl
 def ldp_shutdown(daemon: Daemon) -> None:
-    _services.pop(daemon, None)
+    daemon.state.pop("service", None)
 
 
 @hookimpl
@@ -135,5 +133,5 @@ def ldp_register_metrics(daemon: Daemon, registry: CollectorRegistry) -> None:
 
 @hookimpl
 def ldp_health(daemon: Daemon) -> Mapping[str, Any] | None:
-    service = _services.get(daemon)
+    service = daemon.state.get("service")
     return service.health() if service is not None else None

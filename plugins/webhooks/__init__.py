@@ -9,7 +9,6 @@ See docs/webhooks.md for the event catalogue and how consumers verify signatures
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -48,17 +47,16 @@ __all__ = [
 ]
 
 # The running service of each daemon handle (one per daemon; tests run several).
-_services: weakref.WeakKeyDictionary[Daemon, WebhookService] = weakref.WeakKeyDictionary()
 
 
 def service_for(daemon: Daemon) -> WebhookService:
     """The plugin's service for this daemon, created on first use: the http_api plugin
     may ask for routes before this plugin's ``ldp_startup`` ran (its own startup comes
     first); the service only delivers once started."""
-    service = _services.get(daemon)
+    service = daemon.state.get("service")
     if service is None:
         settings = daemon.settings if isinstance(daemon.settings, WebhooksSettings) else WebhooksSettings()
-        service = _services[daemon] = WebhookService(daemon, settings)
+        service = daemon.state["service"] = WebhookService(daemon, settings)
     return service
 
 
@@ -85,26 +83,26 @@ async def ldp_startup(daemon: Daemon) -> None:
 
 @hookimpl
 def ldp_background_tasks(daemon: Daemon) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
-    service = _services[daemon]
+    service = daemon.state["service"]
     return [("delivery", service.run), ("prune", service.prune), ("first-sync", service.watch_first_sync)]
 
 
 @hookimpl
 def ldp_config_reloaded(daemon: Daemon) -> None:
     if isinstance(daemon.settings, WebhooksSettings):
-        _services[daemon].reload(daemon.settings)
+        daemon.state["service"].reload(daemon.settings)
 
 
 @hookimpl
 async def ldp_shutdown(daemon: Daemon) -> None:
-    service = _services.pop(daemon, None)
+    service = daemon.state.pop("service", None)
     if service is not None:
         await service.close()
 
 
 @hookimpl
 async def ldp_event_batch(daemon: Daemon, events: Sequence[Event]) -> None:
-    await _services[daemon].handle_events(events)
+    await daemon.state["service"].handle_events(events)
 
 
 @hookimpl
@@ -114,12 +112,12 @@ def ldp_register_routes(daemon: Daemon, router: RouteRegistry) -> None:
 
 @hookimpl
 def ldp_register_metrics(daemon: Daemon, registry: CollectorRegistry) -> None:
-    _services[daemon].metrics.register(registry)
+    daemon.state["service"].metrics.register(registry)
 
 
 @hookimpl
 def ldp_health(daemon: Daemon) -> Mapping[str, Any] | None:
-    service = _services.get(daemon)
+    service = daemon.state.get("service")
     if service is None:
         return None
     # Endpoint trouble is the receiver's, not the daemon's: reported, never unhealthy.

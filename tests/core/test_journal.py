@@ -163,6 +163,38 @@ async def test_workers_isolate_failing_and_slow_plugins(tmp_path: Path) -> None:
     await store.close()
 
 
+class Tally:
+    """Keeps its count in ``daemon.state`` between calls."""
+
+    @hookimpl
+    def ldp_invoice_event(self, daemon, event):
+        daemon.state["seen"] = daemon.state.get("seen", 0) + 1
+        daemon.state.setdefault("handle", daemon)
+
+
+async def test_each_plugin_keeps_its_own_state_between_calls(tmp_path: Path) -> None:
+    # One class, two plugins: what each keeps is its own.
+    store, journal, host = await start_host(tmp_path, {"first": Tally(), "second": Tally()})
+    first, second = host.runtimes["first"].daemon, host.runtimes["second"].daemon
+    first.state["mark"] = "first"
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        tg.start_soon(host.run_worker, "first")
+        ids = await journal.append([invoice(i, InvoiceCreated) for i in range(1, 6)])
+        with anyio.fail_after(10):
+            while host.runtimes["first"].cursor < ids[-1]:
+                await anyio.sleep(0.01)
+        tg.start_soon(host.run_worker, "second")
+        more = await journal.append([invoice(i, InvoiceCreated) for i in range(6, 9)])
+        with anyio.fail_after(10):
+            while min(host.runtimes[n].cursor for n in ("first", "second")) < more[-1]:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    await store.close()
+    assert first.state == {"mark": "first", "seen": 8, "handle": first}
+    assert second.state == {"seen": 8, "handle": second}
+
+
 class Bulk:
     """Writes each run with one statement; a run holding the poisoned hash raises."""
 
