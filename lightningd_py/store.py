@@ -5,7 +5,7 @@ being committed are committed together in the next transaction, so a burst of ev
 costs one commit, not one per event. Each unit of work runs inside its own savepoint,
 so one failing write never takes another owner's writes down with it. The WAL is
 copied back into the database file by a connection of its own, shortly after commits,
-so no commit waits for a checkpoint's fsyncs.
+so commits seldom wait for a checkpoint's fsyncs.
 """
 
 from __future__ import annotations
@@ -33,9 +33,12 @@ log = structlog.get_logger("lightningd_py.store")
 MAX_PENDING = 20_000
 READERS = 3
 # Checkpoints (copying the WAL into the database file, with its fsyncs) run on a
-# connection of their own beside the writer, this long after a commit, instead of
-# inside whichever commit passes sqlite's 1000-page mark.
+# connection of their own beside the writer, this long after a commit. The writer still
+# checkpoints at WAL_PAGES: by then the pages are mostly copied and synced, so its own
+# checkpoint is short, and only a checkpoint the writer completes lets the next
+# transaction start the WAL over (the file stays within about WAL_PAGES pages).
 CHECKPOINT_DELAY = 0.25
+WAL_PAGES = 4000
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +117,7 @@ class Store:
             )
             self._readers = [self._connect(readonly=True) for _ in range(READERS)]
             self._checkpointer = self._connect()
-            self._writer.execute("PRAGMA wal_autocheckpoint=0")
+            self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
 

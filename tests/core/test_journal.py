@@ -9,6 +9,7 @@ import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
+from lightningd_py import store as store_module
 from lightningd_py.config import load_config
 from lightningd_py.daemon import NodeStatus
 from lightningd_py.events import ChannelActive, InvoiceCreated, InvoiceSettled
@@ -161,6 +162,26 @@ async def test_workers_isolate_failing_and_slow_plugins(tmp_path: Path) -> None:
         assert status["plugins"]["recorder"]["lag"] == 0
         tg.cancel_scope.cancel()
     await store.close()
+
+
+async def test_the_wal_stays_bounded_while_commits_keep_coming(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(store_module, "WAL_PAGES", 100)
+    store, journal, _ = await start_host(tmp_path, {})
+    wal = Path(f"{store.path}-wal")
+
+    def wal_size() -> int:
+        return wal.stat().st_size
+
+    largest = 0
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        for n in range(200):
+            await journal.append([invoice(i, InvoiceCreated) for i in range(n * 50 + 1, n * 50 + 51)])
+            largest = max(largest, wal_size())
+        tg.cancel_scope.cancel()
+    await store.close()
+    # Thousands of pages went through the WAL; it never held many more than 100.
+    assert largest < 8 * 100 * 4096
 
 
 class Tally:
