@@ -3,8 +3,12 @@
 - add_index grows by one per added invoice, settle_index by one per settlement.
 - The all-invoices stream sends added (OPEN) and SETTLED invoices only, never ACCEPTED/CANCELED;
   a subscription replays invoices with add_index > its add_index and those with settle_index >
-  its settle_index (0 means no replay), each in its current state, then goes live.
+  its settle_index (0 means no replay), each in its state at the subscription, then goes live.
 - Expired OPEN invoices are canceled silently (only single-invoice subscribers hear about it).
+- LND reads a replay from its database at the subscription. Simnet makes its messages one at a
+  time as they are sent, so a replay of a million invoices neither blocks the event loop (and
+  every other call) nor is held in memory at once; an invoice that changes before its turn is
+  sent as it was (``InvoiceReplay``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import hashlib
 import heapq
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import coincurve
@@ -28,6 +32,7 @@ __all__ = [
     "InvoiceError",
     "InvoiceRecord",
     "InvoiceRegistry",
+    "InvoiceReplay",
     "hint_proto",
 ]
 
@@ -123,6 +128,58 @@ def hint_proto(route: tuple[bolt11.RouteHop, ...]) -> ln.RouteHint:
     )
 
 
+class InvoiceReplay:
+    """The backlog of one SubscribeInvoices call: invoices added after its add_index, then
+    those settled after its settle_index, as they were when it subscribed.
+
+    Iterating makes the messages one by one. Until the additions are sent, the registry
+    calls ``keep`` before it changes an invoice, so one still to be sent goes out in its
+    state at the subscription, as LND's database read has it. ``close`` when done.
+    """
+
+    def __init__(self, registry: InvoiceRegistry, add_index: int, settle_index: int) -> None:
+        self._registry = registry
+        # Positions in by_add / settled; index 0 replays nothing.
+        self._next_add = add_index
+        self._adds_end = len(registry.by_add) if add_index else add_index
+        self._settles = range(settle_index, len(registry.settled) if settle_index else settle_index)
+        self._kept: dict[int, tuple[int, bytes]] = {}
+        if self._next_add < self._adds_end:
+            registry.replays.add(self)
+
+    def keep(self, rec: InvoiceRecord) -> None:
+        """``rec`` is about to change: keep what it is now if it is still to be sent."""
+        position = rec.add_index - 1
+        if self._next_add <= position < self._adds_end and position not in self._kept:
+            self._kept[position] = (rec.state, rec.to_proto().SerializeToString())
+
+    def __iter__(self) -> Iterator[bytes]:
+        registry = self._registry
+        by_add = registry.by_add
+        while self._next_add < self._adds_end:
+            position = self._next_add
+            self._next_add += 1
+            kept = self._kept.pop(position, None)
+            rec = by_add[position]
+            state = rec.state if kept is None else kept[0]
+            # As on the live stream, LND's subscription passes on neither ACCEPTED nor
+            # CANCELED invoices.
+            if state != OPEN and state != SETTLED:
+                continue
+            registry.replayed += 1
+            yield rec.to_proto().SerializeToString() if kept is None else kept[1]
+        self.close()
+        # Settled invoices never change again: no earlier state to keep.
+        settled = registry.settled
+        for position in self._settles:
+            registry.replayed += 1
+            yield settled[position].to_proto().SerializeToString()
+
+    def close(self) -> None:
+        self._registry.replays.discard(self)
+        self._kept.clear()
+
+
 class InvoiceRegistry:
     """All invoices of the simulated node, plus the invoice streams' fan-out."""
 
@@ -143,6 +200,9 @@ class InvoiceRegistry:
         # The all-invoices stream carries pre-serialized Invoice bytes with their kind.
         self.stream: Hub[tuple[int, int, bytes]] = Hub()
         self.single: dict[bytes, Hub[bytes]] = {}
+        self.replays: set[InvoiceReplay] = set()
+        self.replayed = 0
+        """Messages sent in SubscribeInvoices replays so far."""
         self._expiry_heap: list[tuple[float, int]] = []
         self._htlc_index = 0
 
@@ -261,6 +321,7 @@ class InvoiceRegistry:
             raise InvoiceError(
                 f"amt_msat: {amount} is below the invoice amount {rec.value_msat}", invalid=True
             )
+        self._changing(rec)
         rec.amt_paid_msat = amount
         if rec.is_hold:
             rec.htlcs.append(self._htlc(chan_id, amount, ln.ACCEPTED))
@@ -288,6 +349,7 @@ class InvoiceRegistry:
             raise InvoiceError("invoice already canceled")
         if rec.state == OPEN:
             raise InvoiceError("invoice still open")
+        self._changing(rec)
         rec.r_preimage = preimage
         for htlc in rec.htlcs:
             htlc.state = ln.SETTLED
@@ -304,6 +366,7 @@ class InvoiceRegistry:
         return rec
 
     def _cancel(self, rec: InvoiceRecord) -> None:
+        self._changing(rec)
         rec.state = CANCELED
         rec.amt_paid_msat = 0
         for htlc in rec.htlcs:
@@ -328,6 +391,10 @@ class InvoiceRegistry:
         return self._expiry_heap[0][0] if self._expiry_heap else None
 
     # ---- streams ------------------------------------------------------------------
+    def _changing(self, rec: InvoiceRecord) -> None:
+        for replay in self.replays:
+            replay.keep(rec)
+
     def _notify(self, rec: InvoiceRecord) -> None:
         single = self.single.get(rec.r_hash)
         to_stream = rec.state in (OPEN, SETTLED) and len(self.stream) > 0
@@ -340,14 +407,10 @@ class InvoiceRegistry:
         if to_single and single is not None:
             single.publish(data)
 
-    def backlog(self, add_index: int, settle_index: int) -> list[bytes]:
-        """What LND replays to a new SubscribeInvoices(add_index, settle_index) subscriber."""
-        out: list[bytes] = []
-        if add_index:
-            out.extend(r.to_proto().SerializeToString() for r in self.by_add[add_index:])
-        if settle_index:
-            out.extend(r.to_proto().SerializeToString() for r in self.settled[settle_index:])
-        return out
+    def replay(self, add_index: int, settle_index: int) -> InvoiceReplay:
+        """What LND replays to a new SubscribeInvoices(add_index, settle_index) subscriber,
+        as of now."""
+        return InvoiceReplay(self, add_index, settle_index)
 
     def query(
         self,

@@ -364,6 +364,7 @@ class NodeModel:
             "block_height": self.block_height,
             "invoices": len(inv.by_add),
             "settled_invoices": len(inv.settled),
+            "invoices_replayed": inv.replayed,
             "channels": {
                 status: sum(1 for c in self.channels.values() if c.status == status)
                 for status in ("pending_open", "open", "waiting_close", "pending_force_close", "closed")

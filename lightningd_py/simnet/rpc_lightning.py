@@ -190,11 +190,11 @@ class LightningServicer(ChannelRpc):
         reg = self.node.invoices
         sub = reg.stream.subscribe()
         write = context.write
-        # Subscribed before reading the backlog, so nothing falls between the two; the index
+        # Subscribed before the backlog is taken, so nothing falls between the two; the index
         # checks below drop live updates already covered by the backlog, as LND does.
         add_seen = request.add_index
         settle_seen = request.settle_index
-        backlog = reg.backlog(request.add_index, request.settle_index)
+        backlog = reg.replay(request.add_index, request.settle_index)
         if request.add_index:
             add_seen = max(add_seen, len(reg.by_add))
         if request.settle_index:
@@ -213,6 +213,7 @@ class LightningServicer(ChannelRpc):
                     add_seen = add_i
                 await write(data)
         finally:
+            backlog.close()
             sub.close()
 
     async def DecodePayReq(self, request: ln.PayReqString, context: grpc.aio.ServicerContext) -> ln.PayReq:

@@ -31,8 +31,11 @@ class SimnetProc:
     def macaroon_hex(self, kind: str = "admin") -> str:
         return Path(self.info[f"{kind}_macaroon"]).read_bytes().hex()
 
-    def channel(self, kind: str | None = "admin") -> grpc.aio.Channel:
-        """A grpc.aio channel with TLS and (unless kind is None) the macaroon as call credentials."""
+    def channel(
+        self, kind: str | None = "admin", options: list[tuple[str, object]] | None = None
+    ) -> grpc.aio.Channel:
+        """A grpc.aio channel with TLS and (unless kind is None) the macaroon as call credentials;
+        ``options`` are added to the channel's."""
         os.environ.setdefault("GRPC_SSL_CIPHER_SUITES", "HIGH+ECDSA")
         cert = Path(self.info["tls_cert"]).read_bytes()
         creds = grpc.ssl_channel_credentials(cert)
@@ -44,7 +47,9 @@ class SimnetProc:
 
             creds = grpc.composite_channel_credentials(creds, grpc.metadata_call_credentials(plugin))
         return grpc.aio.secure_channel(
-            self.info["grpc"], creds, options=[("grpc.max_receive_message_length", 200 << 20)]
+            self.info["grpc"],
+            creds,
+            options=[("grpc.max_receive_message_length", 200 << 20), *(options or [])],
         )
 
 
