@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 
@@ -139,6 +139,8 @@ class ControlServer:
     # ---- state ----------------------------------------------------------------------
     async def get_state(self, request: web.Request) -> web.Response:
         summary = self.node.summary()
+        subscribers = cast(dict[str, int], summary["subscribers"])
+        subscribers["payments"] = len(self.sim.payments.updates)
         summary["info"] = self.sim.info()
         summary["channel_list"] = [
             {

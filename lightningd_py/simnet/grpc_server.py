@@ -8,6 +8,7 @@ pre-serialized bytes (the invoice stream serializes once for all subscribers).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -130,8 +131,12 @@ def _stream(
                 await impl(request, context)
                 return
             write = context.write
-            async for item in impl(request, context):
-                await write(item)
+            # Closed here, so a stream whose client went away (its write is cancelled) leaves
+            # its hub when the call ends, as LND cancels the subscription of a gone client,
+            # rather than whenever the garbage collector gets to it.
+            async with contextlib.aclosing(impl(request, context)) as items:
+                async for item in items:
+                    await write(item)
         except SubscriberOverflow as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 

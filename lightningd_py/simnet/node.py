@@ -375,5 +375,13 @@ class NodeModel:
             "local_balance_msat": sum(c.local_msat for c in self.open_channels()),
             "remote_balance_msat": sum(c.remote_msat for c in self.open_channels()),
             "forwards": len(self.forwards),
-            "subscribers": {"invoices": len(inv.stream), "htlc_events": len(self.htlc_events)},
+            # Open streams per kind: a client that went away is no longer counted.
+            "subscribers": {
+                "invoices": len(inv.stream),
+                "htlc_events": len(self.htlc_events),
+                "channel_events": len(self.channel_events),
+                "peer_events": len(self.peer_events),
+                "backups": len(self.backup_events),
+                "state": len(self.state_hub),
+            },
         }
