@@ -174,7 +174,9 @@ async def _pump(call: Any, stream: str, handle: Callable[[list[Any]], Awaitable[
     The reading task fills a buffer of ``BATCH`` messages while ``handle`` journals
     the previous batch, so a burst is journaled in a few large appends; when the
     buffer is full, reading waits (gRPC flow control then holds LND back). When the
-    stream ends, what was read is journaled before ``StreamEnded`` is raised.
+    stream ends, what was read is journaled before ``StreamEnded`` is raised. When
+    ``handle`` raises or the pump is cancelled, the reading task just stops: the
+    handler's error, or the cancellation, is what leaves the pump.
     """
     send, receive = anyio.create_memory_object_stream[Any](BATCH)
     ended: list[StreamEnded] = []
@@ -191,6 +193,11 @@ async def _pump(call: Any, stream: str, handle: Callable[[list[Any]], Awaitable[
                         send.send_nowait(message)
                     except anyio.WouldBlock:
                         await send.send(message)
+            except anyio.BrokenResourceError:
+                # The consumer is gone. A message can arrive after it stopped and before
+                # this task sees the cancellation (anyio does not cancel a task whose
+                # wait has already completed), so this is not an error of its own.
+                return
             except (grpc.RpcError, grpc.aio.UsageError) as exc:
                 error = classify(exc)
                 end = StreamEnded(stream, error.code, error.details, error.kind)

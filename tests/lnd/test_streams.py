@@ -8,6 +8,7 @@ again on the same database, as a new process would.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
@@ -33,8 +34,9 @@ from lightningd_py.lnd.expiry import ADD_INDEX, OPEN_FLOOR, SETTLE_INDEX, Expiry
 from lightningd_py.lnd.link import LND_CIPHER_SUITES, LndLink, Stubs
 from lightningd_py.lnd.reconcile import FORWARDS_TIME, PAYMENTS_INDEX
 from lightningd_py.lnd.rpc import invoices_pb2_grpc, router_pb2_grpc, stateservice_pb2_grpc
+from lightningd_py.lnd.rpc import lightning_pb2 as ln
 from lightningd_py.lnd.rpc import lightning_pb2_grpc as lnrpc_grpc
-from lightningd_py.lnd.streams import READY_KEY, StreamEnded, run_streams
+from lightningd_py.lnd.streams import BATCH, READY_KEY, StreamEnded, _pump, run_streams
 from lightningd_py.simnet.control import AsyncSimnetControl
 from lightningd_py.store import Store
 
@@ -536,6 +538,68 @@ async def test_repeated_htlc_events_are_journaled_once(sim: SimnetProcess, tmp_p
         await control.close()
         await channel.close()
         await store.close()
+
+
+class _HandlerFailed(Exception):
+    pass
+
+
+def _leaves(group: BaseException) -> list[BaseException]:
+    if isinstance(group, BaseExceptionGroup):
+        return [leaf for exc in group.exceptions for leaf in _leaves(exc)]
+    return [group]
+
+
+@asynccontextmanager
+async def _busy_invoice_stream(sim: SimnetProcess) -> AsyncIterator[Any]:
+    """A SubscribeInvoices call with more waiting to be read than ``_pump`` buffers."""
+    channel, stubs = await connect(sim)
+    control = AsyncSimnetControl(sim.control_url)
+    try:
+        call = stubs.lightning.SubscribeInvoices(ln.InvoiceSubscription())
+
+        async def subscribed() -> bool:
+            return bool((await control.state())["subscribers"]["invoices"])
+
+        await wait_until(subscribed, within=5)
+        await control.burst_settle(2 * BATCH)
+        yield call
+    finally:
+        await control.close()
+        await channel.close()
+
+
+async def test_pump_ends_with_the_handlers_error_alone(sim: SimnetProcess) -> None:
+    """The handler fails while the reading task waits on the full buffer: the handler's
+    error leaves the pump, and the reading task, finding its consumer gone, adds none."""
+
+    async def handle(batch: list[Any]) -> None:
+        await anyio.sleep(0.5)  # the reading task fills the buffer meanwhile
+        raise _HandlerFailed
+
+    async with _busy_invoice_stream(sim) as call:
+        with pytest.raises(BaseExceptionGroup) as raised:
+            await _pump(call, "invoices", handle)
+    assert [type(e) for e in _leaves(raised.value)] == [_HandlerFailed]
+
+
+async def test_pump_cancelled_mid_stream_ends_with_the_cancellation(sim: SimnetProcess) -> None:
+    """Its task cancelled while the reading task waits on the full buffer (how the link
+    ends ``on_active`` when the daemon stops during a burst): the cancellation is all that
+    leaves the pump, not a BrokenResourceError the link would log as a failure."""
+    handled: list[int] = []
+
+    async def handle(batch: list[Any]) -> None:
+        handled.append(len(batch))
+        await anyio.sleep(10)
+
+    async with _busy_invoice_stream(sim) as call:
+        task = asyncio.ensure_future(_pump(call, "invoices", handle))
+        await wait_until(lambda: handled)
+        await anyio.sleep(0.3)  # the reading task fills the buffer meanwhile
+        task.cancel()
+        await asyncio.wait([task])
+    assert task.cancelled(), task.exception()
 
 
 @pytest.mark.slow
