@@ -4,7 +4,9 @@
 is SERVER_ACTIVE) and runs until the link cancels it or a stream ends. Each reader
 
 1. subscribes first, then catches up with unary calls (ListInvoices, reconciliation),
-   so nothing falls between the catch-up and the stream's start;
+   so nothing falls between the catch-up and the stream's start (the invoice stream's
+   replay starts after what LND had before the subscription, which the catch-up reads
+   itself: ``_replay_start``);
 2. reads its stream in a small reading task into a bounded buffer, and journals
    whatever arrived together (up to ``BATCH`` messages, no artificial delay) with one
    ``journal.append(events, positions)``, the stream's resume positions committed in
@@ -235,7 +237,10 @@ def _open(stream: str, method: Callable[..., Any], request: Any) -> Any:
 async def _invoices(r: _Readers) -> None:
     tracker = r.expiry
     offset = tracker.load_positions()
-    request = ln.InvoiceSubscription(add_index=tracker.add_index, settle_index=tracker.settle_index)
+    add_index, settle_index = await _replay_start(r)
+    request = ln.InvoiceSubscription(
+        add_index=max(tracker.add_index, add_index), settle_index=max(tracker.settle_index, settle_index)
+    )
     call = _open("invoices", r.stubs.lightning.SubscribeInvoices, request)
     try:
         await _invoice_catch_up(r, offset)
@@ -290,6 +295,25 @@ async def _invoices(r: _Readers) -> None:
             tracker.forget(payment_hash)
 
     await _pump(call, "invoices", handle)
+
+
+async def _replay_start(r: _Readers) -> tuple[int, int]:
+    """Where the invoice stream's replay may start: LND's newest add index, and the
+    highest settle index among its newest invoices (0, 0 when it has none).
+
+    LND replays every invoice added after the subscription's add_index and every one
+    settled after its settle_index, and the reader gets through that replay before
+    anything live. From the stored indices, after 100,000 invoices were made and settled
+    while the daemon was stopped, that is 200,000 messages, each one already journaled
+    by the catch-up. Every addition and settlement up to the indices read here was made
+    before the subscription and before any page the catch-up reads, so the catch-up
+    journals them; the replay is left with what happens until LND registers the
+    subscription (and settlements of older invoices newer than any of these).
+    """
+    request = ln.ListInvoiceRequest(reversed=True, num_max_invoices=r.settings.invoice_page_size)
+    page = await unary(r.stubs.lightning.ListInvoices, request, r.settings.rpc_timeout)
+    settled = max((inv.settle_index for inv in page.invoices), default=0)
+    return int(page.last_index_offset), int(settled)
 
 
 async def _invoice_catch_up(r: _Readers, offset: int) -> None:

@@ -242,6 +242,31 @@ async def test_live_settle_then_daemon_restart_resumes_without_duplicates(
         assert_no_duplicates(await d.events())
 
 
+async def test_back_after_a_long_stop_nothing_live_waits_behind_a_replay(
+    sim: SimnetProcess, tmp_path: Path
+) -> None:
+    """Invoices made and settled while the daemon was stopped are journaled from
+    ListInvoices; the invoice stream starts after them, so LND replays none of the 4,000
+    messages the catch-up covered before the first live update."""
+    db = tmp_path / "db.sqlite"
+    async with daemon(sim, db) as d:
+        await d.control.burst_settle(10)
+        await d.wait_for(lambda: d.journal.position(SETTLE_INDEX) == 10)
+    async with setup_client(sim, tmp_path) as setup:
+        await setup.control.burst_settle(2000)
+        replayed = (await setup.control.state())["invoices_replayed"]
+
+    async with daemon(sim, db) as d:
+        assert d.journal.position(SETTLE_INDEX) == 2010
+        added = await d.lnd.add_invoice(value_msat=1000)
+        await d.control.settle_invoice(added.payment_hash)
+        await d.wait_events(ev.InvoiceSettled, 1, payment_hash=added.payment_hash)
+        assert (await d.control.state())["invoices_replayed"] - replayed < 10
+        events = await d.events()
+        assert_no_duplicates(events)
+        assert len([e for e in events if isinstance(e, ev.InvoiceSettled)]) == 2011
+
+
 async def test_lnd_restart_ends_streams_with_ok_and_reconnects(sim: SimnetProcess, tmp_path: Path) -> None:
     settings = lnd_settings(sim)
     store = Store(tmp_path / "db.sqlite")
