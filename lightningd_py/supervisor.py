@@ -207,7 +207,7 @@ class Supervisor:
 
         tg.start_soon(link.run, on_active, name="lnd-link")
         tg.start_soon(self._watchdog, host.store_backend, name="watchdog")
-        tg.start_soon(self._trim_after_bursts, host.store_backend, journal, name="malloc-trim")
+        tg.start_soon(self._release_memory_after_bursts, host.store_backend, journal, name="release-memory")
 
     async def _start_plugins(self, host: PluginHost) -> None:
         for plugin_name, impl in host.hooks._impls("ldp_startup"):
@@ -264,13 +264,11 @@ class Supervisor:
                 self.notifier.send("WATCHDOG=1")
             await anyio.sleep(interval)
 
-    async def _trim_after_bursts(self, store: Store, journal: Journal) -> None:
+    async def _release_memory_after_bursts(self, store: Store, journal: Journal) -> None:
         # The journal keeps recent events decoded, sqlite each connection's page cache,
         # and glibc the pages a burst freed (gRPC buffers, parsed messages, large
         # Python blocks), unless asked: give them back once it is over.
         trim = _malloc_trim()
-        if trim is None:
-            return
         units = store.stats.units
         busy = False
         while True:
@@ -282,7 +280,8 @@ class Supervisor:
                 busy = False
                 journal.release_memory()
                 await store.release_memory()
-                await anyio.to_thread.run_sync(trim)
+                if trim is not None:  # glibc only (not musl or macOS)
+                    await anyio.to_thread.run_sync(trim)
 
     async def _signals(
         self, scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
