@@ -167,15 +167,12 @@ _INSERT_TX = "INSERT INTO metrics_tx VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
 # the indexes on those columns (a REPLACE deletes and re-inserts every index entry).
 # The creation time never changes; the payment hash seldom does (a rebalance learns its
 # hash from a later attempt) and has its own statement, so its index is left alone.
-_UPDATE_TX = (
-    "UPDATE metrics_tx SET status = ?, rank = ?, time = ?, amount_msat = ?, fee_msat = ?, "
-    "chan_in = ?, chan_out = ?, description = ?, event_id = ? WHERE kind = ? AND key = ?"
+_CHANGING = (
+    "status = ?, rank = ?, time = ?, amount_msat = ?, fee_msat = ?, chan_in = ?, chan_out = ?, "
+    "description = ?, event_id = ?"
 )
-_UPDATE_TX_HASH = (
-    "UPDATE metrics_tx SET status = ?, rank = ?, time = ?, amount_msat = ?, fee_msat = ?, "
-    "chan_in = ?, chan_out = ?, description = ?, event_id = ?, payment_hash = ? "
-    "WHERE kind = ? AND key = ?"
-)
+_UPDATE_TX = f"UPDATE metrics_tx SET {_CHANGING} WHERE kind = ? AND key = ?"
+_UPDATE_TX_HASH = f"UPDATE metrics_tx SET {_CHANGING}, payment_hash = ? WHERE kind = ? AND key = ?"
 
 _ADD_HOURLY = """
 INSERT INTO metrics_tx_hourly (hour, kind, status, count, amount_msat, fee_msat)
