@@ -23,7 +23,8 @@ The control API (JSON over HTTP, see control_api.ROUTES; clients in control.py) 
 outside world does to a node: pay invoices (``/invoices/settle``, ``/invoices/burst``), issue a
 peer's invoice (``/external-invoice``), open/close channels, set balances, take peers or
 channels offline, forward HTLCs (``/forwards``), make the next payment fail, mine blocks, lock,
-unlock and restart. ``GET /state`` summarises the node, with every channel's ids and balances.
+unlock and restart, and hold a unary RPC's calls until released (``/calls/hold``,
+``/calls/release``). ``GET /state`` summarises the node, with every channel's ids and balances.
 """
 
 from lightningd_py.simnet.control import AsyncSimnetControl, SimnetControl, SimnetControlError

@@ -134,6 +134,12 @@ class _Calls:
             _body(down_seconds=down_seconds, regenerate_tls=regenerate_tls, locked=locked, wait=wait),
         )
 
+    def hold_calls(self, method: str, after: int = 0) -> Any:
+        return self._call("POST", "/calls/hold", _body(method=method, after=after))
+
+    def release_calls(self, method: str) -> Any:
+        return self._call("POST", "/calls/release", _body(method=method))
+
 
 class SimnetControl(_Calls):
     """Blocking client (urllib); every method returns the decoded JSON answer."""

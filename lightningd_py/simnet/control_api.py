@@ -19,6 +19,7 @@ from lightningd_py.lnd.rpc import lightning_pb2 as ln
 from lightningd_py.lnd.rpc import router_pb2 as rt
 from lightningd_py.simnet import bolt11
 from lightningd_py.simnet.channels import ChannelError
+from lightningd_py.simnet.grpc_server import unary_methods
 from lightningd_py.simnet.invoices import InvoiceError
 from lightningd_py.simnet.node import SimChannel
 
@@ -141,6 +142,7 @@ class ControlServer:
         summary = self.node.summary()
         subscribers = cast(dict[str, int], summary["subscribers"])
         subscribers["payments"] = len(self.sim.payments.updates)
+        summary["held_calls"] = self.sim.holds.summary()
         summary["info"] = self.sim.info()
         summary["channel_list"] = [
             {
@@ -417,6 +419,26 @@ class ControlServer:
         await self.sim.unlock()
         return web.json_response({"state": "SERVER_ACTIVE"})
 
+    async def hold_calls(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        method = self._unary_method(body)
+        self.sim.holds.hold(method, _int(body, "after", 0))
+        return web.json_response({"held": self.sim.holds.summary()})
+
+    async def release_calls(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        released = self.sim.holds.release(self._unary_method(body))
+        return web.json_response({"released": released, "held": self.sim.holds.summary()})
+
+    def _unary_method(self, body: dict[str, Any]) -> str:
+        method = body.get("method")
+        known = unary_methods()
+        if not isinstance(method, str) or method not in known:
+            raise BadRequest(
+                f"method: expected the name of a unary RPC such as 'ListInvoices', got {method!r}"
+            )
+        return method
+
     async def restart(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         down = _num(body, "down_seconds", 1.0)
@@ -464,4 +486,6 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("POST", "/lock", "lock", "wallet locked (streams end)"),
     ("POST", "/unlock", "unlock", "walk LOCKED -> SERVER_ACTIVE"),
     ("POST", "/restart", "restart", "{down_seconds?, regenerate_tls?, locked?, wait?}"),
+    ("POST", "/calls/hold", "hold_calls", "{method, after?} -> its calls after the first `after` wait"),
+    ("POST", "/calls/release", "release_calls", "{method} -> held calls go on"),
 )

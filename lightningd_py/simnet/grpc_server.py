@@ -8,6 +8,7 @@ pre-serialized bytes (the invoice stream serializes once for all subscribers).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from lightningd_py.lnd.rpc import stateservice_pb2 as st
 from lightningd_py.simnet.hub import SubscriberOverflow
 from lightningd_py.simnet.macaroons import MacaroonDenied, MacaroonKeeper
 
-__all__ = ["GRPC_OPTIONS", "build_handlers", "state_error"]
+__all__ = ["GRPC_OPTIONS", "CallHolds", "build_handlers", "state_error", "unary_methods"]
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 200 * 1024 * 1024),
@@ -51,6 +52,72 @@ def _serialize(msg: Any) -> bytes:
     return msg if type(msg) is bytes else msg.SerializeToString()
 
 
+class _Hold:
+    __slots__ = ("after", "passed", "release", "waiting")
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.passed = 0
+        self.waiting = 0
+        self.release = asyncio.Event()
+
+
+class CallHolds:
+    """Unary calls held back on the control API's request, so that a test can make things
+    happen between two calls of a client (between the pages of a catch-up, say).
+
+    ``hold(method, after)``: of the calls to ``method`` from now on, the first ``after`` are
+    answered and the rest wait until ``release(method)``. A held call waits after the
+    state and macaroon checks, as a slow LND would, and its client's deadline still runs.
+    """
+
+    def __init__(self) -> None:
+        self._holds: dict[str, _Hold] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._holds)
+
+    def hold(self, method: str, after: int) -> None:
+        self.release(method)
+        self._holds[method] = _Hold(after)
+
+    def release(self, method: str) -> int:
+        """Let ``method``'s calls through again; returns how many were waiting."""
+        held = self._holds.pop(method, None)
+        if held is None:
+            return 0
+        held.release.set()
+        return held.waiting
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        return {
+            m: {"after": h.after, "passed": h.passed, "waiting": h.waiting} for m, h in self._holds.items()
+        }
+
+    async def enter(self, method: str) -> None:
+        held = self._holds.get(method)
+        if held is None:
+            return
+        if held.passed < held.after:
+            held.passed += 1
+            return
+        held.waiting += 1
+        try:
+            await held.release.wait()
+        finally:
+            held.waiting -= 1
+
+
+def unary_methods() -> dict[str, str]:
+    """Every unary method simnet serves, by short name -> full path."""
+    found: dict[str, str] = {}
+    for module, full_name, short in _SERVICES:
+        for m in module.DESCRIPTOR.services_by_name[short].methods:
+            if not m.client_streaming and not m.server_streaming:
+                found.setdefault(m.name, f"/{full_name}/{m.name}")
+    return found
+
+
 _SERVICES = (
     (lightning_pb2, "lnrpc.Lightning", "Lightning"),
     (router_pb2, "routerrpc.Router", "Router"),
@@ -60,9 +127,14 @@ _SERVICES = (
 
 
 def build_handlers(
-    servicers: dict[str, object], macaroons: MacaroonKeeper, get_state: Callable[[], int]
+    servicers: dict[str, object],
+    macaroons: MacaroonKeeper,
+    get_state: Callable[[], int],
+    holds: CallHolds | None = None,
 ) -> list[grpc.GenericRpcHandler]:
     """One generic handler per LND service, for the methods the servicer objects implement."""
+    if holds is None:
+        holds = CallHolds()
     handlers: list[grpc.GenericRpcHandler] = []
     for module, full_name, short in _SERVICES:
         servicer = servicers.get(short)
@@ -85,7 +157,7 @@ def build_handlers(
                 )
             else:
                 methods[m.name] = grpc.unary_unary_rpc_method_handler(
-                    _unary(impl, path, gated, macaroons, get_state),
+                    _unary(impl, path, gated, macaroons, get_state, holds, m.name),
                     request_deserializer=req_cls.FromString,
                     response_serializer=_serialize,
                 )
@@ -106,11 +178,19 @@ async def _gate(
 
 
 def _unary(
-    impl: Callable[..., Any], path: str, gated: bool, macaroons: MacaroonKeeper, get_state: Callable[[], int]
+    impl: Callable[..., Any],
+    path: str,
+    gated: bool,
+    macaroons: MacaroonKeeper,
+    get_state: Callable[[], int],
+    holds: CallHolds,
+    name: str,
 ) -> Callable[..., Any]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if gated:
             await _gate(context, path, macaroons, get_state)
+        if holds:
+            await holds.enter(name)
         return await impl(request, context)
 
     return handler

@@ -18,7 +18,7 @@ import grpc
 
 from lightningd_py.lnd.rpc import stateservice_pb2 as st
 from lightningd_py.simnet.channels import CONFIRMATIONS, ChannelBook
-from lightningd_py.simnet.grpc_server import GRPC_OPTIONS, build_handlers
+from lightningd_py.simnet.grpc_server import GRPC_OPTIONS, CallHolds, build_handlers
 from lightningd_py.simnet.htlcs import HtlcNotifier
 from lightningd_py.simnet.macaroons import MacaroonKeeper
 from lightningd_py.simnet.node import NodeModel
@@ -71,6 +71,7 @@ class Simnet:
         self._confirm_task: asyncio.Task[None] | None = None
         self.restarting = False
         self.stopped = asyncio.Event()
+        self.holds = CallHolds()
 
     # ---- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -97,7 +98,8 @@ class Simnet:
             "Invoices": InvoicesServicer(self),
             "State": StateServicer(self),
         }
-        server.add_generic_rpc_handlers(build_handlers(servicers, self.macaroons, lambda: self.node.state))
+        handlers = build_handlers(servicers, self.macaroons, lambda: self.node.state, self.holds)
+        server.add_generic_rpc_handlers(handlers)
         port = server.add_secure_port(f"127.0.0.1:{self.grpc_port}", creds)
         if port == 0:
             raise OSError(f"grpc port {self.grpc_port}: cannot bind 127.0.0.1:{self.grpc_port}")

@@ -12,6 +12,7 @@ from lightningd_py.lnd.rpc import invoices_pb2 as inv
 from lightningd_py.lnd.rpc import lightning_pb2 as ln
 from lightningd_py.lnd.rpc import router_pb2 as rt
 from lightningd_py.lnd.rpc import stateservice_pb2 as st
+from lightningd_py.simnet.control import SimnetControlError
 from lightningd_py.simnet.macaroons import ADMIN_OPS, MacaroonKeeper
 
 from .conftest import SimnetProc, start_simnet, stubs
@@ -146,3 +147,41 @@ def test_rpc_starting_message_during_restart(simnet: SimnetProc) -> None:
             assert (await state.GetState(st.GetStateRequest())).state == st.SERVER_ACTIVE
 
     asyncio.run(run())
+
+
+def test_held_calls_wait_until_released(simnet: SimnetProc) -> None:
+    async def run() -> None:
+        async with simnet.channel() as ch:
+            lnd, _, _, _ = stubs(ch)
+            for _ in range(3):
+                await lnd.AddInvoice(ln.Invoice(value_msat=1000))
+            held = await asyncio.to_thread(simnet.control.hold_calls, "ListInvoices", 1)
+            assert held["held"] == {"ListInvoices": {"after": 1, "passed": 0, "waiting": 0}}
+            first = await lnd.ListInvoices(ln.ListInvoiceRequest(num_max_invoices=1))
+            assert [i.add_index for i in first.invoices] == [1]
+            second = asyncio.ensure_future(lnd.ListInvoices(ln.ListInvoiceRequest(index_offset=1)))
+            for _ in range(100):
+                state = await asyncio.to_thread(simnet.control.state)
+                if state["held_calls"]["ListInvoices"]["waiting"] == 1:
+                    break
+                await asyncio.sleep(0.02)
+            assert state["held_calls"]["ListInvoices"] == {"after": 1, "passed": 1, "waiting": 1}
+            # Other methods go through, and what happens meanwhile is in the held answer.
+            await lnd.AddInvoice(ln.Invoice(value_msat=2000))
+            assert not second.done()
+            released = await asyncio.to_thread(simnet.control.release_calls, "ListInvoices")
+            assert released == {"released": 1, "held": {}}
+            page = await asyncio.wait_for(second, 5)
+            assert [i.add_index for i in page.invoices] == [2, 3, 4]
+            assert (await asyncio.to_thread(simnet.control.state))["held_calls"] == {}
+
+    asyncio.run(run())
+
+
+def test_hold_names_the_method_it_expects(simnet: SimnetProc) -> None:
+    with pytest.raises(SimnetControlError) as err:
+        simnet.control.hold_calls("SubscribeInvoices")
+    assert err.value.status == 400
+    assert "method: expected the name of a unary RPC such as 'ListInvoices', got 'SubscribeInvoices'" in str(
+        err.value
+    )
