@@ -238,12 +238,11 @@ async def _invoices(r: _Readers) -> None:
     tracker = r.expiry
     offset = tracker.load_positions()
     add_index, settle_index = await _replay_start(r)
-    request = ln.InvoiceSubscription(
-        add_index=max(tracker.add_index, add_index), settle_index=max(tracker.settle_index, settle_index)
-    )
+    settle_start = max(tracker.settle_index, settle_index)
+    request = ln.InvoiceSubscription(add_index=max(tracker.add_index, add_index), settle_index=settle_start)
     call = _open("invoices", r.stubs.lightning.SubscribeInvoices, request)
     try:
-        await _invoice_catch_up(r, offset)
+        await _invoice_catch_up(r, offset, settle_start)
     except BaseException:
         call.cancel()
         raise
@@ -316,20 +315,27 @@ async def _replay_start(r: _Readers) -> tuple[int, int]:
     return int(page.last_index_offset), int(settled)
 
 
-async def _invoice_catch_up(r: _Readers, offset: int) -> None:
+async def _invoice_catch_up(r: _Readers, offset: int, settle_start: int) -> None:
     """Journal every invoice from ``offset`` (exclusive) on, in its current state:
-    the whole history on first sync, else what changed while disconnected."""
+    the whole history on first sync, else what changed while disconnected.
+
+    The settle index it leaves has every settlement up to it journaled. A page shows an
+    invoice as it was when that page was read, so an invoice read open on one page may
+    be settled before a later page shows a newer settlement: that index has a gap below
+    it until the stream brings the earlier one. The stream (from ``settle_start``, which
+    every settlement read by ``_replay_start`` is at or below) brings every later one, in
+    order, and moves the index on from there."""
     tracker = r.expiry
     known_add = tracker.add_index
     known_settle = tracker.settle_index
-    newest_settle = known_settle
+    settled: set[int] = set()
     page_size = r.settings.invoice_page_size
     pages = 0
     while True:
         request = ln.ListInvoiceRequest(index_offset=offset, num_max_invoices=page_size)
         page = await unary(r.stubs.lightning.ListInvoices, request, r.settings.rpc_timeout)
         invoices = page.invoices
-        last_page = len(invoices) < page_size
+        last_page = len(invoices) < page_size or page.last_index_offset <= offset
         now = time.time()
         events: list[Event] = []
         closing: list[str] = []
@@ -347,8 +353,8 @@ async def _invoice_catch_up(r: _Readers, offset: int) -> None:
                 continue
             payment_hash = inv.r_hash.hex()
             if state == convert.SETTLED:
-                if inv.settle_index > newest_settle:
-                    newest_settle = inv.settle_index
+                if inv.settle_index > known_settle:
+                    settled.add(inv.settle_index)
                 if new or inv.settle_index > known_settle or payment_hash in tracker:
                     events.append(convert.invoice_state_event(inv, now))  # type: ignore[arg-type]
                     closing.append(payment_hash)
@@ -367,21 +373,25 @@ async def _invoice_catch_up(r: _Readers, offset: int) -> None:
                 events.append(closed)
                 closing.append(payment_hash)
         if last_page:
-            # Every settlement up to now has been read: the settle index may move.
-            tracker.settle_index = max(tracker.settle_index, newest_settle)
+            tracker.settle_index = max(tracker.settle_index, settle_start, _unbroken(known_settle, settled))
         if events or last_page or pages % 10 == 9:
             await r.journal.append(events, tracker.positions())
             tracker.note_canceled(events)
         for payment_hash in closing:
             tracker.forget(payment_hash)
         pages += 1
-        if last_page or page.last_index_offset <= offset:
+        if last_page:
             break
         offset = page.last_index_offset
-    if tracker.settle_index < newest_settle:
-        tracker.settle_index = newest_settle
-        await r.journal.append([], tracker.positions())
     _log.debug("invoice catch-up done", pages=pages, add_index=tracker.add_index, open=len(tracker))
+
+
+def _unbroken(after: int, indices: set[int]) -> int:
+    """The highest ``n`` such that every index in ``(after, n]`` is in ``indices``."""
+    n = after
+    while n + 1 in indices:
+        n += 1
+    return n
 
 
 async def _journaled_cancels(journal: JournalLike) -> set[str]:

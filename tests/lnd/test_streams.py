@@ -243,6 +243,41 @@ async def test_live_settle_then_daemon_restart_resumes_without_duplicates(
         assert_no_duplicates(await d.events())
 
 
+async def test_settled_during_the_catch_up_after_it_read_the_invoice_open(
+    sim: SimnetProcess, tmp_path: Path
+) -> None:
+    """The catch-up reads an invoice OPEN on its first page; while it waits for the next
+    page that invoice is paid, then a newer one that a later page shows settled. The
+    first settlement has the lower settle index and is journaled from the stream at once,
+    not left to the pending-invoice sweep (a minute away here)."""
+    hashes: list[str] = []
+    async with setup_client(sim, tmp_path) as setup:
+        for i in range(120):
+            hashes.append((await setup.lnd.add_invoice(value_msat=1000 + i)).payment_hash)
+        # The reader's first call (where the stream starts) and the first page are answered.
+        await setup.control.hold_calls("ListInvoices", after=2)
+
+        async def pay_while_held() -> None:
+            async def held() -> bool:
+                state = await setup.control.state()
+                return state["held_calls"].get("ListInvoices", {}).get("waiting") == 1
+
+            await wait_until(held, within=10)
+            await setup.control.settle_invoice(hashes[10])  # on the first page, read open
+            await setup.control.settle_invoice(hashes[100])  # on the third page
+            await setup.control.release_calls("ListInvoices")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pay_while_held)
+            async with daemon(sim, tmp_path / "db.sqlite", invoice_sweep_interval=60) as d:
+                settled = await d.wait_events(ev.InvoiceSettled, 2, within=5)
+                assert {e.payment_hash for e in settled} == {hashes[10], hashes[100]}
+                await d.wait_for(lambda: d.journal.position(SETTLE_INDEX) == 2)
+                await anyio.sleep(0.3)
+                assert_no_duplicates(await d.events())
+                assert len(d.tracker) == 118
+
+
 async def test_back_after_a_long_stop_nothing_live_waits_behind_a_replay(
     sim: SimnetProcess, tmp_path: Path
 ) -> None:
