@@ -411,6 +411,12 @@ class LndLink:
                 except LndError as exc:
                     finish(self._end_from(exc))
                 except Exception as exc:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # Errors of work cancelled with its session (streams closed under
+                        # it): the cancellation stands.
+                        log.debug("on_active ended with errors while cancelled", error=repr(exc))
+                        raise asyncio.CancelledError from exc
                     log.error("on_active failed; reconnecting", exc_info=exc)
                     finish(_SessionEnd(f"stream processing failed: {type(exc).__name__}: {exc}", "other"))
 

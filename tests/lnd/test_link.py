@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import structlog.testing
 
 from lightningd_py.daemon import NodeStatus
 from lightningd_py.demo import SimnetProcess, free_port
@@ -277,6 +278,27 @@ async def test_lock_while_active_cancels_work_and_follows(simnet: SimnetProcess)
         await _in_thread(simnet.control.unlock)
         await run.status.wait_for(lambda s: s.active and run.activations == 2)
         assert run.link.active
+
+
+async def test_errors_of_work_cancelled_with_its_session_are_not_failures(simnet: SimnetProcess) -> None:
+    """Work cancelled because LND went away can end with the errors of its tasks (an
+    exception group of streams closed under them): the cancellation stands, and nothing
+    says the stream processing failed."""
+
+    async def fails_when_cancelled(stubs: Stubs) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ExceptionGroup("streams", [RuntimeError("channel closed under the reader")]) from None
+
+    with structlog.testing.capture_logs() as logs:
+        async with Running(_settings(simnet), fails_when_cancelled) as run:
+            await _expect_active(run, simnet)
+            await _in_thread(simnet.control.lock)
+            await run.status.wait_for(lambda s: s.state == "LOCKED" and s.reachable)
+            await _in_thread(simnet.control.unlock)
+            await run.status.wait_for(lambda s: s.active and run.activations == 2)
+    assert [e for e in logs if e["log_level"] == "error"] == []
 
 
 async def test_restart_reconnects_and_rereads_the_regenerated_cert(simnet: SimnetProcess) -> None:
