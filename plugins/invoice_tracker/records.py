@@ -75,6 +75,7 @@ _EVENT_STATUS: Final[dict[type[InvoiceEvent], InvoiceStatus]] = {
 # A status only moves forward: a redelivered or late "created" never reopens a paid
 # invoice, and money received ("paid") outranks an expiry noticed a moment too early.
 _RANK_SQL = "CASE {col} WHEN 'pending' THEN 0 WHEN 'accepted' THEN 1 WHEN 'paid' THEN 3 ELSE 2 END"
+_STATUS_RANK: Final[dict[str, int]] = {"pending": 0, "accepted": 1, "paid": 3}  # else 2, as above
 
 _SCHEMA_V1 = """
 CREATE TABLE invoice_tracker_invoices (
@@ -190,16 +191,41 @@ async def apply_events(store: Store, events: Iterable[Event]) -> None:
     Idempotent: a redelivered event (same ``event.id``) changes nothing; the upsert's
     merge rules make the result the same as recording the events one by one, in order.
     """
-    invoices: list[tuple[Any, ...]] = []
+    invoices: dict[str, tuple[Any, ...]] = {}
     history: list[tuple[Any, ...]] = []
     for event in events:
         if isinstance(event, InvoiceEvent):
             invoice, change = _event_rows(event)
-            invoices.append(invoice)
+            earlier = invoices.get(event.payment_hash)
+            invoices[event.payment_hash] = invoice if earlier is None else _merge_rows(earlier, invoice)
             history.append(change)
     if invoices:
-        await store.executemany(_UPSERT_EVENT, invoices)
+        await store.executemany(_UPSERT_EVENT, invoices.values())
         await store.executemany(_INSERT_HISTORY, history)
+
+
+def _merge_rows(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Rows ``a`` then ``b`` of one invoice as the one row that, upserted, leaves what
+    upserting ``a`` and then ``b`` leaves: each column follows ``_UPSERT_EVENT``'s rule,
+    and every rule is associative. A run's "created" and "settled" are one write."""
+    return (
+        a[0],
+        b[1] or a[1],  # payment_request
+        b[2] or a[2],  # memo
+        b[3] or a[3],  # value_msat
+        max(a[4], b[4]),  # amt_paid_msat
+        b[5] if _STATUS_RANK.get(b[5], 2) > _STATUS_RANK.get(a[5], 2) else a[5],  # status
+        b[6] or a[6],  # created_at
+        b[7] or a[7],  # expires_at
+        max(a[8], b[8]),  # settled_at
+        b[9] or a[9],  # preimage
+        max(a[10], b[10]),  # add_index
+        max(a[11], b[11]),  # settle_index
+        b[12],  # is_keysend
+        b[13],  # private
+        max(a[14], b[14]),  # last_event_id
+        b[15],  # updated_at
+    )
 
 
 @dataclass(frozen=True, slots=True)

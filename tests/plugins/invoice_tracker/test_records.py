@@ -196,3 +196,57 @@ async def test_batched_lookup_survives_a_cancelled_leader(store: StoreHandle) ->
         await anyio.lowlevel.checkpoint()
         leader_scope.cancel()
     assert got and got[0]["payment_hash"] == H1  # type: ignore[index]
+
+
+async def test_a_run_leaves_what_its_events_one_by_one_leave(tmp_path: Path) -> None:
+    """A run's events of one invoice are merged into one upsert; the tables end as if
+    each event had been applied on its own, in order, whatever the order and the fields."""
+    import random
+
+    rng = random.Random(7)
+    kinds = [created, InvoiceAccepted, InvoiceSettled, InvoiceCanceled, InvoiceExpired]
+    events = []
+    for event_id in range(1, 400):
+        kind = rng.choice(kinds)
+        h = rng.choice([H1, H2, "33" * 32])
+        extra = rng.choice(
+            [{}, {"memo": ""}, {"memo": f"m{event_id}"}, {"value_msat": 0}, {"payment_request": ""}]
+        )
+        if kind is created:
+            events.append(created(h, event_id, **extra))
+            continue
+        fields: dict[str, object] = {"id": event_id, "payment_hash": h, **extra}
+        if kind is InvoiceSettled:
+            fields.update(amt_paid_msat=rng.choice([0, 4000, 5000]), settle_date=rng.randint(1, 50))
+            fields.update(settle_index=rng.randint(1, 50), preimage=rng.choice(["", "ab" * 32]))
+        fields.update(is_keysend=rng.random() < 0.5, private=rng.random() < 0.5)
+        events.append(kind(**fields))
+
+    async def tables(runs: list[list[object]], name: str) -> list[list[tuple[object, ...]]]:
+        backend = Store(tmp_path / f"{name}.sqlite")
+        backend.open()
+        backend.migrate("invoice_tracker", records.migrations())
+        async with anyio.create_task_group() as tg:
+            await tg.start(backend.run)
+            handle = backend.handle("invoice_tracker")
+            for run in runs:
+                await records.apply_events(handle, run)  # type: ignore[arg-type]
+            await handle.flush()
+            out = [
+                [tuple(r) for r in await handle.fetchall(sql)]
+                for sql in (
+                    "SELECT * FROM invoice_tracker_invoices ORDER BY payment_hash",
+                    "SELECT * FROM invoice_tracker_history ORDER BY payment_hash, event_id",
+                )
+            ]
+            tg.cancel_scope.cancel()
+        await backend.close()
+        # updated_at is the time of the write.
+        out[0] = [row[:-1] for row in out[0]]
+        return out
+
+    one_by_one = await tables([[e] for e in events], "single")
+    cuts = sorted(rng.sample(range(1, len(events)), 12))
+    runs = [events[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
+    assert await tables(runs, "runs") == one_by_one
+    assert await tables([events], "whole") == one_by_one
