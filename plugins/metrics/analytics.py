@@ -43,11 +43,17 @@ IMBALANCED_HIGH = 0.8
 HOUR = 3600
 
 # Rows sharing a payment hash with a rebalance (``t``): driven from the few rebalances
-# through the hash index, never by reading the window's rows.
+# through the primary key (an invoice's key is its payment hash) and the hash index
+# (every other kind), never by reading the window's rows.
+_REBALANCE_HASHES = (
+    "(SELECT DISTINCT payment_hash AS h FROM metrics_tx WHERE kind = 'rebalance' AND payment_hash != '')"
+)
 _REBALANCE_OWN = (
-    "(SELECT DISTINCT payment_hash AS h FROM metrics_tx "
-    "WHERE kind = 'rebalance' AND payment_hash != '') AS r "
-    "CROSS JOIN metrics_tx AS t ON t.payment_hash = r.h AND t.payment_hash != ''"
+    f"(SELECT t.* FROM {_REBALANCE_HASHES} AS r "
+    "CROSS JOIN metrics_tx AS t ON t.kind = 'invoice' AND t.key = r.h "
+    f"UNION ALL SELECT t.* FROM {_REBALANCE_HASHES} AS r "
+    "CROSS JOIN metrics_tx AS t ON t.payment_hash = r.h AND t.payment_hash != '' AND t.kind != 'invoice'"
+    ") AS t"
 )
 
 
