@@ -169,6 +169,9 @@ class ExpiryTracker:
                 self._compact()
 
     def _compact(self) -> None:
+        # A dict keeps the table it grew to for a burst however many entries remain: a
+        # copy is sized for what is left.
+        self._open = dict(self._open)
         self._due = [(e.due, h) for h, e in self._open.items()]
         heapq.heapify(self._due)
         self._by_add = [(e.created.add_index, h) for h, e in self._open.items()]
@@ -232,6 +235,8 @@ class ExpiryTracker:
                 self._start_followers(stubs, tg)
             now = self._clock()
             due: list[str] = []
+            # No reference to the heap is held across the awaits below: ``_compact``
+            # replaces it, and the old one would keep a whole burst's entries alive.
             heap = self._due
             while heap and heap[0][0] <= now:
                 when, payment_hash = heapq.heappop(heap)
@@ -239,6 +244,7 @@ class ExpiryTracker:
                 if entry is not None and entry.due == when:
                     due.append(payment_hash)
             self._next_due = heap[0][0] if heap else float("inf")
+            del heap
             if due:
                 await self._check(stubs, due, limiter)
                 continue

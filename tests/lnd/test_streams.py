@@ -13,6 +13,7 @@ import gc
 import hashlib
 import os
 import time
+import tracemalloc
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -276,6 +277,28 @@ async def test_settled_during_the_catch_up_after_it_read_the_invoice_open(
                 await anyio.sleep(0.3)
                 assert_no_duplicates(await d.events())
                 assert len(d.tracker) == 118
+
+
+async def test_a_settled_burst_leaves_nothing_of_it_in_memory(sim: SimnetProcess, tmp_path: Path) -> None:
+    """Once a burst of invoices is settled, nothing the reader and the expiry tracker
+    made for them stays alive, while the expiry timers wait as usual."""
+    tracemalloc.start(1)
+    try:
+        async with daemon(sim, tmp_path / "db.sqlite", invoice_sweep_interval=60) as d:
+            await d.control.burst_settle(5000)
+            await d.wait_for(lambda: d.journal.position(SETTLE_INDEX) == 5000, within=60)
+            assert len(d.tracker) == 0
+            d.journal.release_memory()  # the decoded tail of the journal
+            gc.collect()
+            held = sum(
+                stat.size
+                for stat in tracemalloc.take_snapshot().statistics("filename")
+                if stat.traceback[0].filename.endswith(("lnd/expiry.py", "lnd/convert.py", "lnd/streams.py"))
+            )
+            # One burst's tracking is about 1 MB (a hash, a timer entry, a due time each).
+            assert held < 250_000, held
+    finally:
+        tracemalloc.stop()
 
 
 async def test_back_after_a_long_stop_nothing_live_waits_behind_a_replay(
