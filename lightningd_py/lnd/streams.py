@@ -331,59 +331,84 @@ async def _invoice_catch_up(r: _Readers, offset: int, settle_start: int) -> None
     settled: set[int] = set()
     page_size = r.settings.invoice_page_size
     pages = 0
-    while True:
-        request = ln.ListInvoiceRequest(index_offset=offset, num_max_invoices=page_size)
-        page = await unary(r.stubs.lightning.ListInvoices, request, r.settings.rpc_timeout)
-        invoices = page.invoices
-        last_page = len(invoices) < page_size or page.last_index_offset <= offset
-        now = time.time()
-        events: list[Event] = []
-        closing: list[str] = []
-        for inv in invoices:
-            add_index = inv.add_index
-            state = inv.state
-            new = add_index > known_add
-            created = convert.invoice_created(inv, now) if new else None
-            if created is not None:
-                events.append(created)
-            if add_index > tracker.add_index:
-                tracker.add_index = add_index
-            if state == convert.OPEN:
-                tracker.track(inv, created)
-                continue
-            payment_hash = inv.r_hash.hex()
-            if state == convert.SETTLED:
-                if inv.settle_index > known_settle:
-                    settled.add(inv.settle_index)
-                if new or inv.settle_index > known_settle or payment_hash in tracker:
+    # The next page is asked for as soon as a page arrives, so LND reads it while this
+    # one is converted and committed.
+    call: Any = _list_invoices(r, offset)
+    try:
+        while True:
+            page = await _answer(call)
+            invoices = page.invoices
+            last_page = len(invoices) < page_size or page.last_index_offset <= offset
+            offset = page.last_index_offset
+            call = None if last_page else _list_invoices(r, offset)
+            now = time.time()
+            events: list[Event] = []
+            closing: list[str] = []
+            for inv in invoices:
+                add_index = inv.add_index
+                state = inv.state
+                new = add_index > known_add
+                created = convert.invoice_created(inv, now) if new else None
+                if created is not None:
+                    events.append(created)
+                if add_index > tracker.add_index:
+                    tracker.add_index = add_index
+                if state == convert.OPEN:
+                    tracker.track(inv, created)
+                    continue
+                payment_hash = inv.r_hash.hex()
+                if state == convert.SETTLED:
+                    if inv.settle_index > known_settle:
+                        settled.add(inv.settle_index)
+                    if new or inv.settle_index > known_settle or payment_hash in tracker:
+                        events.append(convert.invoice_state_event(inv, now))  # type: ignore[arg-type]
+                        closing.append(payment_hash)
+                elif state == convert.ACCEPTED:
                     events.append(convert.invoice_state_event(inv, now))  # type: ignore[arg-type]
+                    tracker.track(inv, created)
+                elif state == convert.CANCELED:
+                    # At or above the floor: open when last seen, or closed out of order.
+                    closed = convert.invoice_closed_event(inv, now)
+                    if not new and payment_hash not in tracker and isinstance(closed, InvoiceExpired):
+                        # Seen canceled before its expiry, it was journaled as canceled.
+                        if tracker.canceled is None:
+                            tracker.canceled = await _journaled_cancels(r.journal)
+                        if payment_hash in tracker.canceled:
+                            continue
+                    events.append(closed)
                     closing.append(payment_hash)
-            elif state == convert.ACCEPTED:
-                events.append(convert.invoice_state_event(inv, now))  # type: ignore[arg-type]
-                tracker.track(inv, created)
-            elif state == convert.CANCELED:
-                # At or above the floor: open when last seen, or closed out of order.
-                closed = convert.invoice_closed_event(inv, now)
-                if not new and payment_hash not in tracker and isinstance(closed, InvoiceExpired):
-                    # Seen canceled before its expiry, it was journaled as canceled.
-                    if tracker.canceled is None:
-                        tracker.canceled = await _journaled_cancels(r.journal)
-                    if payment_hash in tracker.canceled:
-                        continue
-                events.append(closed)
-                closing.append(payment_hash)
-        if last_page:
-            tracker.settle_index = max(tracker.settle_index, settle_start, _unbroken(known_settle, settled))
-        if events or last_page or pages % 10 == 9:
-            await r.journal.append(events, tracker.positions())
-            tracker.note_canceled(events)
-        for payment_hash in closing:
-            tracker.forget(payment_hash)
-        pages += 1
-        if last_page:
-            break
-        offset = page.last_index_offset
+            if last_page:
+                tracker.settle_index = max(
+                    tracker.settle_index, settle_start, _unbroken(known_settle, settled)
+                )
+            if events or last_page or pages % 10 == 9:
+                await r.journal.append(events, tracker.positions())
+                tracker.note_canceled(events)
+            for payment_hash in closing:
+                tracker.forget(payment_hash)
+            pages += 1
+            if last_page:
+                break
+    finally:
+        if call is not None:
+            call.cancel()
     _log.debug("invoice catch-up done", pages=pages, add_index=tracker.add_index, open=len(tracker))
+
+
+def _list_invoices(r: _Readers, offset: int) -> Any:
+    """A ListInvoices call for the page after ``offset``, started (await it with
+    ``_answer``)."""
+    request = ln.ListInvoiceRequest(index_offset=offset, num_max_invoices=r.settings.invoice_page_size)
+    return r.stubs.lightning.ListInvoices(request, timeout=r.settings.rpc_timeout)
+
+
+async def _answer(call: Any) -> Any:
+    """The response of a started unary call; a gRPC failure raises the classified
+    ``LndError``."""
+    try:
+        return await call
+    except (grpc.RpcError, grpc.aio.UsageError) as exc:
+        raise classify(exc) from exc
 
 
 def _unbroken(after: int, indices: set[int]) -> int:
