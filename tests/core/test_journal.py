@@ -9,6 +9,7 @@ import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
+from lightningd_py import journal as journal_module
 from lightningd_py import store as store_module
 from lightningd_py.config import load_config
 from lightningd_py.daemon import NodeStatus
@@ -128,6 +129,40 @@ async def test_append_dedupes_and_stores_positions(tmp_path: Path) -> None:
     assert [e.payment_hash for e in events] == [f"{1:064x}", f"{2:064x}"]
     assert (await journal2.read(0, types={"channel.active"}))[0].type == "channel.active"
     await store2.close()
+
+
+async def test_keys_journaled_before_their_digests_still_drop_duplicates(tmp_path: Path) -> None:
+    """A database whose journal stored the dedupe keys themselves (schema 1) is moved to
+    their digests at start; an append of many keys at once is checked in groups."""
+    path = tmp_path / "old.sqlite"
+    store = Store(path)
+    store.open()
+    store.migrate("journal", journal_module.MIGRATIONS[:1])
+    await store.close()
+    old = [invoice(i) for i in range(1, 601)]
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executemany("INSERT INTO journal_keys(key) VALUES (?)", [(ev.dedupe_key(),) for ev in old])
+    conn.close()
+
+    store = Store(path)
+    store.open()
+    journal = Journal(store)
+    journal.open()
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        ids = await journal.append([*old, invoice(601), invoice(601, InvoiceCreated)])
+        assert [i for i in ids if i] == [1, 2]
+        again = await journal.append([invoice(i) for i in range(550, 700)])
+        assert len([i for i in again if i]) == 700 - 602
+        tg.cancel_scope.cancel()
+    await store.close()
+    conn = sqlite3.connect(path)
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    count = conn.execute("SELECT COUNT(*) FROM journal_key_digests").fetchone()[0]
+    conn.close()
+    assert "journal_keys" not in tables
+    assert count == 600 + 2 + 98
 
 
 def _fields(ev):
