@@ -208,7 +208,7 @@ class LndSettings(BaseModel):
         json_schema_extra=_restart(hint="LND replies can exceed gRPC's 4 MiB default"),
     )
     invoice_sweep_interval: float = Field(60.0, gt=0, json_schema_extra=_restart())
-    invoice_page_size: int = Field(1000, ge=1, le=10000, json_schema_extra=_restart())
+    invoice_page_size: int = Field(200, ge=1, le=10000, json_schema_extra=_restart())
 
     @field_validator("tls_cert")
     @classmethod

@@ -114,7 +114,7 @@ def test_minimal_config_gets_documented_defaults(write, lnd_files, tmp_path):
     assert lnd.lndconnect is None
     assert (lnd.connect_timeout, lnd.rpc_timeout, lnd.reconnect_min, lnd.reconnect_max) == (10, 30, 1.0, 60.0)
     assert (lnd.keepalive_interval, lnd.max_receive_mb) == (60, 50)
-    assert (lnd.invoice_sweep_interval, lnd.invoice_page_size) == (60, 1000)
+    assert (lnd.invoice_sweep_interval, lnd.invoice_page_size) == (60, 200)
     assert config.enabled == {"webhooks": True, "http_api": True, "metrics": True}
     assert config.plugins["webhooks"] == WebhooksSettings()
     assert config.plugins["metrics"] is None
