@@ -111,10 +111,8 @@ class HttpApi:
             await anyio.sleep(min(3600.0, self.settings.idempotency_ttl / 4))
 
 
-# One HttpApi per running daemon handle (tests run several daemons in one process).
-
-
 def _api(daemon: Daemon) -> HttpApi:
+    """The HttpApi of this daemon handle, kept in ``daemon.state`` (one per daemon)."""
     api = daemon.state.get("api")
     if api is None:
         api = daemon.state["api"] = HttpApi(daemon)

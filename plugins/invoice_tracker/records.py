@@ -74,8 +74,13 @@ _EVENT_STATUS: Final[dict[type[InvoiceEvent], InvoiceStatus]] = {
 
 # A status only moves forward: a redelivered or late "created" never reopens a paid
 # invoice, and money received ("paid") outranks an expiry noticed a moment too early.
-_RANK_SQL = "CASE {col} WHEN 'pending' THEN 0 WHEN 'accepted' THEN 1 WHEN 'paid' THEN 3 ELSE 2 END"
-_STATUS_RANK: Final[dict[str, int]] = {"pending": 0, "accepted": 1, "paid": 3}  # else 2, as above
+_STATUS_RANK: Final[dict[str, int]] = {"pending": 0, "accepted": 1, "paid": 3}
+_OTHER_RANK: Final = 2  # expired, canceled
+_RANK_SQL = (
+    "CASE {col} "
+    + " ".join(f"WHEN '{status}' THEN {rank}" for status, rank in _STATUS_RANK.items())
+    + f" ELSE {_OTHER_RANK} END"
+)
 
 _SCHEMA_V1 = """
 CREATE TABLE invoice_tracker_invoices (
@@ -214,7 +219,7 @@ def _merge_rows(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
         b[2] or a[2],  # memo
         b[3] or a[3],  # value_msat
         max(a[4], b[4]),  # amt_paid_msat
-        b[5] if _STATUS_RANK.get(b[5], 2) > _STATUS_RANK.get(a[5], 2) else a[5],  # status
+        b[5] if _STATUS_RANK.get(b[5], _OTHER_RANK) > _STATUS_RANK.get(a[5], _OTHER_RANK) else a[5],  # status
         b[6] or a[6],  # created_at
         b[7] or a[7],  # expires_at
         max(a[8], b[8]),  # settled_at

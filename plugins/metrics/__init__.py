@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 # The plugin is a module (as registered through its entry point), so its run-time state
-# is kept per daemon handle; weak keys let a stopped daemon's state go with it.
+# is kept in each daemon handle's ``state``.
 
 
 def _runtime(daemon: Daemon) -> MetricsRuntime:

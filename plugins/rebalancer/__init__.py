@@ -57,8 +57,6 @@ __all__ = [
     "service_for",
 ]
 
-# One service per daemon handle (tests run several daemons in one process).
-
 
 def service_for(daemon: Daemon) -> RebalancerService:
     """The plugin's service for this daemon handle (created on first use: the HTTP API
