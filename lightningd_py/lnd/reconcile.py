@@ -34,10 +34,12 @@ __all__ = [
     "RecentForwards",
     "StreamEnded",
     "StreamSettings",
+    "answer",
     "export_backups",
     "reconcile_channels",
     "reconcile_forwards",
     "reconcile_payments",
+    "start",
     "unary",
 ]
 
@@ -96,8 +98,22 @@ class JournalLike(Protocol):
 
 async def unary(method: Callable[..., Awaitable[_T]], request: Any, deadline: float) -> _T:
     """Make one unary call; a gRPC failure raises the classified ``LndError``."""
+    return await answer(start(method, request, deadline))
+
+
+def start(method: Callable[..., Awaitable[_T]], request: Any, deadline: float) -> Awaitable[_T]:
+    """Start one unary call (grpc.aio sends it at once); ``answer`` waits for its reply.
+    Cancel the call if its reply is no longer wanted."""
     try:
-        return await method(request, timeout=deadline)
+        return method(request, timeout=deadline)
+    except (grpc.RpcError, grpc.aio.UsageError) as exc:
+        raise classify(exc) from exc
+
+
+async def answer(call: Awaitable[_T]) -> _T:
+    """The reply of a started call; a gRPC failure raises the classified ``LndError``."""
+    try:
+        return await call
     except (grpc.RpcError, grpc.aio.UsageError) as exc:
         raise classify(exc) from exc
 

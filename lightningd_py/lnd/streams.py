@@ -29,9 +29,10 @@ Resume positions (``journal.position(name)``):
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,10 +53,12 @@ from .reconcile import (
     RecentForwards,
     StreamEnded,
     StreamSettings,
+    answer,
     export_backups,
     reconcile_channels,
     reconcile_forwards,
     reconcile_payments,
+    start,
     unary,
 )
 from .rpc import lightning_pb2 as ln
@@ -329,22 +332,13 @@ async def _invoice_catch_up(r: _Readers, offset: int, settle_start: int) -> None
     known_add = tracker.add_index
     known_settle = tracker.settle_index
     settled: set[int] = set()
-    page_size = r.settings.invoice_page_size
     pages = 0
-    # The next page is asked for as soon as a page arrives, so LND reads it while this
-    # one is converted and committed.
-    call: Any = _list_invoices(r, offset)
-    try:
-        while True:
-            page = await _answer(call)
-            invoices = page.invoices
-            last_page = len(invoices) < page_size or page.last_index_offset <= offset
-            offset = page.last_index_offset
-            call = None if last_page else _list_invoices(r, offset)
+    async with contextlib.aclosing(_invoice_pages(r, offset)) as invoice_pages:
+        async for page, last_page in invoice_pages:
             now = time.time()
             events: list[Event] = []
             closing: list[str] = []
-            for inv in invoices:
+            for inv in page.invoices:
                 add_index = inv.add_index
                 state = inv.state
                 new = add_index > known_add
@@ -387,28 +381,30 @@ async def _invoice_catch_up(r: _Readers, offset: int, settle_start: int) -> None
             for payment_hash in closing:
                 tracker.forget(payment_hash)
             pages += 1
-            if last_page:
-                break
-    finally:
-        if call is not None:
-            call.cancel()
     _log.debug("invoice catch-up done", pages=pages, add_index=tracker.add_index, open=len(tracker))
 
 
-def _list_invoices(r: _Readers, offset: int) -> Any:
-    """A ListInvoices call for the page after ``offset``, started (await it with
-    ``_answer``)."""
-    request = ln.ListInvoiceRequest(index_offset=offset, num_max_invoices=r.settings.invoice_page_size)
-    return r.stubs.lightning.ListInvoices(request, timeout=r.settings.rpc_timeout)
+async def _invoice_pages(r: _Readers, offset: int) -> AsyncIterator[tuple[Any, bool]]:
+    """ListInvoices pages after ``offset`` with whether each is the last. The next page
+    is asked for as soon as a page arrives, so LND reads it while the caller converts
+    and commits this one."""
+    page_size = r.settings.invoice_page_size
 
+    def ask(after: int) -> Any:
+        request = ln.ListInvoiceRequest(index_offset=after, num_max_invoices=page_size)
+        return start(r.stubs.lightning.ListInvoices, request, r.settings.rpc_timeout)
 
-async def _answer(call: Any) -> Any:
-    """The response of a started unary call; a gRPC failure raises the classified
-    ``LndError``."""
+    call = ask(offset)
     try:
-        return await call
-    except (grpc.RpcError, grpc.aio.UsageError) as exc:
-        raise classify(exc) from exc
+        while call is not None:
+            page = await answer(call)
+            last_page = len(page.invoices) < page_size or page.last_index_offset <= offset
+            offset = page.last_index_offset
+            call = None if last_page else ask(offset)
+            yield page, last_page
+    finally:
+        if call is not None:
+            call.cancel()
 
 
 def _unbroken(after: int, indices: set[int]) -> int:
