@@ -172,9 +172,11 @@ class ExpiryTracker:
         # A dict keeps the table it grew to for a burst however many entries remain: a
         # copy is sized for what is left.
         self._open = dict(self._open)
-        self._due = [(e.due, h) for h, e in self._open.items()]
+        # The heaps are rebuilt in place: a loop waiting with a reference to one (the
+        # timers) would otherwise keep the old list, and a whole burst's entries, alive.
+        self._due[:] = [(e.due, h) for h, e in self._open.items()]
         heapq.heapify(self._due)
-        self._by_add = [(e.created.add_index, h) for h, e in self._open.items()]
+        self._by_add[:] = [(e.created.add_index, h) for h, e in self._open.items()]
         heapq.heapify(self._by_add)
         self._next_due = self._due[0][0] if self._due else float("inf")
 
@@ -235,8 +237,6 @@ class ExpiryTracker:
                 self._start_followers(stubs, tg)
             now = self._clock()
             due: list[str] = []
-            # No reference to the heap is held across the awaits below: ``_compact``
-            # replaces it, and the old one would keep a whole burst's entries alive.
             heap = self._due
             while heap and heap[0][0] <= now:
                 when, payment_hash = heapq.heappop(heap)
@@ -244,7 +244,6 @@ class ExpiryTracker:
                 if entry is not None and entry.due == when:
                     due.append(payment_hash)
             self._next_due = heap[0][0] if heap else float("inf")
-            del heap
             if due:
                 await self._check(stubs, due, limiter)
                 continue
