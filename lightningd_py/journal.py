@@ -23,7 +23,7 @@ from .store import Migration, Store
 __all__ = ["Journal"]
 
 
-def key_digest(key: str) -> bytes:
+def _key_digest(key: str) -> bytes:
     """What the journal stores of an event's ``dedupe_key()``: 16 bytes of BLAKE2b.
 
     A quarter of the space of the keys themselves, so far more of the index stays in the
@@ -38,7 +38,7 @@ def _key_digests(conn: sqlite3.Connection) -> None:
     while batch := rows.fetchmany(10_000):
         conn.executemany(
             "INSERT OR IGNORE INTO journal_key_digests(digest) VALUES (?)",
-            [(key_digest(k),) for (k,) in batch],
+            [(_key_digest(k),) for (k,) in batch],
         )
     conn.execute("DROP TABLE journal_keys")
 
@@ -113,7 +113,7 @@ class Journal:
 
         def unit(conn: sqlite3.Connection) -> list[Event | None]:
             # Ids and duplicates are worked out first, so each table gets one executemany.
-            keys = [None if (key := ev.dedupe_key()) is None else key_digest(key) for ev in events]
+            keys = [None if (key := ev.dedupe_key()) is None else _key_digest(key) for ev in events]
             seen = _known_digests(conn, {k for k in keys if k is not None})
             next_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM journal").fetchone()[0]
             stamped: list[Event | None] = []
