@@ -20,7 +20,8 @@ protos/). Every call but State's needs a "macaroon" metadata entry (hex) and is 
 LND's entity:action permissions; refusals are status UNKNOWN with LND's texts.
 
 The control API (JSON over HTTP, see control_api.ROUTES; clients in control.py) does what the
-outside world does to a node: pay invoices (``/invoices/settle``, ``/invoices/burst``), issue a
+outside world does to a node: pay invoices (``/invoices/settle``, ``/invoices/burst``), delete
+a canceled one (``/invoices/delete``, as ``lncli deletecanceledinvoice``), issue a
 peer's invoice (``/external-invoice``), open/close channels, set balances, take peers or
 channels offline, forward HTLCs (``/forwards``), make the next payment fail, mine blocks, lock,
 unlock and restart, and hold a unary RPC's calls until released (``/calls/hold``,

@@ -38,6 +38,10 @@ class _Calls:
     def add_invoice(self, value_msat: int = 0, memo: str = "", expiry: int = 0) -> Any:
         return self._call("POST", "/invoices", _body(value_msat=value_msat, memo=memo, expiry=expiry))
 
+    def delete_invoice(self, payment_hash: str | bytes) -> Any:
+        h = payment_hash.hex() if isinstance(payment_hash, bytes) else payment_hash
+        return self._call("POST", "/invoices/delete", _body(payment_hash=h))
+
     def settle_invoice(
         self, payment_hash: str | bytes, amt_msat: int | None = None, chan_id: int | str | None = None
     ) -> Any:

@@ -201,6 +201,12 @@ class ControlServer:
             }
         )
 
+    async def delete_invoice(self, request: web.Request) -> web.Response:
+        """Delete a canceled invoice, as ``lncli deletecanceledinvoice`` does."""
+        body = await self._body(request)
+        rec = self.node.invoices.delete_canceled(_hex32(body, "payment_hash"))
+        return web.json_response({"payment_hash": rec.r_hash.hex(), "add_index": rec.add_index})
+
     def _received(self, chan: SimChannel, preimage: bytes) -> None:
         """HTLC events of a payment received over `chan` (settle, then final resolution)."""
         htlc_id = chan.next_htlc_id()
@@ -461,6 +467,7 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
         "settle_invoice",
         "{payment_hash, amt_msat?, chan_id?} -> pay it from outside",
     ),
+    ("POST", "/invoices/delete", "delete_invoice", "{payment_hash} -> a canceled invoice is deleted"),
     (
         "POST",
         "/invoices/burst",

@@ -74,6 +74,7 @@ class InvoiceRecord:
     settle_index: int = 0
     settle_date: int = 0
     amt_paid_msat: int = 0
+    deleted: bool = False
     htlcs: list[ln.InvoiceHTLC] = field(default_factory=list)
     route_hints: list[ln.RouteHint] = field(default_factory=list)
 
@@ -374,6 +375,16 @@ class InvoiceRegistry:
             htlc.resolve_time = int(time.time())
         self._notify(rec)
 
+    def delete_canceled(self, r_hash: bytes) -> InvoiceRecord:
+        """LND's DeleteCanceledInvoice (and what ``gc-canceled-invoices-on-the-fly``
+        does to every canceled invoice): the invoice is gone from lookups and lists."""
+        rec = self.lookup(r_hash)
+        if rec.state != CANCELED:
+            raise InvoiceError("invoice not canceled")
+        del self.by_hash[r_hash]
+        rec.deleted = True
+        return rec
+
     def expire_due(self, now: float | None = None) -> int:
         """Cancel OPEN invoices whose expiry passed; returns how many were canceled."""
         now = time.time() if now is None else now
@@ -425,6 +436,8 @@ class InvoiceRegistry:
         """LND's QueryInvoices: returns (invoices ascending, first_index_offset, last_index_offset)."""
 
         def keep(r: InvoiceRecord) -> bool:
+            if r.deleted:
+                return False
             if pending_only and r.state not in (OPEN, ACCEPTED):
                 return False
             if creation_date_start and r.creation_date < creation_date_start:

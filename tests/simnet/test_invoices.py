@@ -13,6 +13,7 @@ import pytest
 from lightningd_py.lnd.rpc import invoices_pb2 as inv
 from lightningd_py.lnd.rpc import lightning_pb2 as ln
 from lightningd_py.simnet import bolt11
+from lightningd_py.simnet.control import SimnetControlError
 
 from .conftest import SimnetProc, stubs
 
@@ -72,6 +73,28 @@ def test_add_lookup_list_and_indices(simnet: SimnetProc) -> None:
             assert [i.add_index for i in rev2.invoices] == [2, 3]
             empty = await lnd.ListInvoices(ln.ListInvoiceRequest(index_offset=5))
             assert list(empty.invoices) == []
+
+    asyncio.run(run())
+
+
+def test_a_deleted_canceled_invoice_is_gone_from_lookups_and_lists(simnet: SimnetProc) -> None:
+    async def run() -> None:
+        async with simnet.channel() as ch:
+            lnd, _, invoices, _ = stubs(ch)
+            kept, doomed = [await lnd.AddInvoice(ln.Invoice(value_msat=1000, memo=f"m{i}")) for i in range(2)]
+            with pytest.raises(SimnetControlError) as err:
+                simnet.control.delete_invoice(doomed.r_hash)
+            assert err.value.status == 400 and "invoice not canceled" in err.value.message
+            await invoices.CancelInvoice(inv.CancelInvoiceMsg(payment_hash=doomed.r_hash))
+            assert simnet.control.delete_invoice(doomed.r_hash)["add_index"] == doomed.add_index
+            with pytest.raises(grpc.aio.AioRpcError) as lookup:
+                await lnd.LookupInvoice(ln.PaymentHash(r_hash=doomed.r_hash))
+            assert lookup.value.code() == grpc.StatusCode.NOT_FOUND
+            listed = await lnd.ListInvoices(ln.ListInvoiceRequest(num_max_invoices=10))
+            assert [i.r_hash for i in listed.invoices] == [kept.r_hash]
+            with pytest.raises(SimnetControlError) as again:
+                simnet.control.delete_invoice(doomed.r_hash)
+            assert again.value.status == 404
 
     asyncio.run(run())
 
