@@ -21,19 +21,22 @@ One tracker lives as long as the daemon; the supervisor passes it to every
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import math
+import struct
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import grpc
-import msgspec
 import structlog
 
 from ..errors import LndError
-from ..events import Event, InvoiceCanceled, InvoiceCreated, InvoiceEvent, InvoiceExpired
+from ..events import Event, InvoiceCanceled, InvoiceEvent, InvoiceExpired
 from . import convert
 from .errors import classify
 from .reconcile import JournalLike, RecentForwards, StreamSettings, unary
@@ -67,14 +70,89 @@ _MAX_FOLLOWERS = 256
 _SWEEP_LOOKUPS = 500
 
 
+# An open invoice is kept as one bytes object (this header, then its memo in UTF-8) under
+# its 32-byte hash: two small allocations per invoice, so tens of thousands of open
+# invoices cost a few MB, and a burst of them leaves no scattered survivors that keep
+# the allocator's arenas from being returned.
+_PACKED = struct.Struct("<qdqqqBBB")
+_ADD = struct.Struct("<q")
+_HOLD, _FOLLOWED, _KEYSEND, _PRIVATE = 1, 2, 4, 8
+
+
 @dataclass(slots=True)
 class _Open:
-    created: InvoiceCreated
-    state: int
-    hold: bool
+    """An open invoice: when to look at it next, and what describes it should LND
+    delete it."""
+
+    add_index: int
     due: float
-    attempts: int = 0
+    value_msat: int
+    creation_date: int
+    expiry: int
+    state: int
+    memo: str
+    hold: bool = False
     followed: bool = False
+    is_keysend: bool = False
+    private: bool = False
+    attempts: int = 0
+
+    @property
+    def expires_at(self) -> int:
+        return self.creation_date + self.expiry
+
+    def pack(self) -> bytes:
+        flags = (
+            (_HOLD if self.hold else 0)
+            | (_FOLLOWED if self.followed else 0)
+            | (_KEYSEND if self.is_keysend else 0)
+            | (_PRIVATE if self.private else 0)
+        )
+        header = _PACKED.pack(
+            self.add_index,
+            self.due,
+            self.value_msat,
+            self.creation_date,
+            self.expiry,
+            self.state,
+            min(self.attempts, 255),
+            flags,
+        )
+        return header + self.memo.encode()
+
+    @classmethod
+    def unpack(cls, data: bytes) -> _Open:
+        add_index, due, value_msat, creation_date, expiry, state, attempts, flags = _PACKED.unpack_from(data)
+        return cls(
+            add_index,
+            due,
+            value_msat,
+            creation_date,
+            expiry,
+            state,
+            data[_PACKED.size :].decode(),
+            hold=bool(flags & _HOLD),
+            followed=bool(flags & _FOLLOWED),
+            is_keysend=bool(flags & _KEYSEND),
+            private=bool(flags & _PRIVATE),
+            attempts=attempts,
+        )
+
+    def ended(self, payment_hash: bytes, now: float) -> InvoiceEvent:
+        """The end of an invoice LND no longer has: canceled before its expiry time,
+        else expired."""
+        cls = InvoiceCanceled if now < self.expires_at else InvoiceExpired
+        return cls(
+            time=now,
+            payment_hash=payment_hash.hex(),
+            memo=self.memo,
+            value_msat=self.value_msat,
+            creation_date=self.creation_date,
+            expiry=self.expiry,
+            add_index=self.add_index,
+            is_keysend=self.is_keysend,
+            private=self.private,
+        )
 
 
 class ExpiryTracker:
@@ -92,11 +170,21 @@ class ExpiryTracker:
         self.journal = journal
         self.settings = settings
         self._clock = clock
-        self._open: dict[str, _Open] = {}
-        self._due: list[tuple[float, str]] = []
-        self._by_add: list[tuple[int, str]] = []
-        self._to_follow: set[str] = set()
-        self._gone: set[str] = set()
+        # Open invoices by payment hash (bytes), packed (see _Open).
+        self._open: dict[bytes, bytes] = {}
+        # Timers: the hashes due within each whole second (the second they are due at
+        # or before), and a heap of those seconds. A hash whose invoice closed or was
+        # rescheduled stays in its second's list until that second is reached.
+        self._due: dict[int, list[bytes]] = {}
+        self._seconds: list[int] = []
+        self._timer_refs = 0
+        # Tracked add indexes, ascending, beside their hashes; the first still open is
+        # the floor. Entries of closed invoices are dropped from the front as the floor
+        # passes them, and from the rest when the tracker compacts.
+        self._adds = array("q")
+        self._add_hashes: list[bytes] = []
+        self._to_follow: set[bytes] = set()
+        self._gone: set[bytes] = set()
         self._wake: anyio.Event | None = None
         self._following = 0
         self._next_due = float("inf")
@@ -118,11 +206,14 @@ class ExpiryTracker:
         return len(self._open)
 
     def __contains__(self, payment_hash: object) -> bool:
-        return payment_hash in self._open
+        return isinstance(payment_hash, str) and bytes.fromhex(payment_hash) in self._open
 
-    def expires_at(self, payment_hash: str) -> float | None:
-        entry = self._open.get(payment_hash)
-        return None if entry is None else float(entry.created.expires_at)
+    def _get(self, key: bytes) -> _Open | None:
+        data = self._open.get(key)
+        return None if data is None else _Open.unpack(data)
+
+    def _put(self, key: bytes, entry: _Open) -> None:
+        self._open[key] = entry.pack()
 
     def load_positions(self) -> int:
         """Read the stored invoice positions; returns the add index to re-read from
@@ -135,50 +226,69 @@ class ExpiryTracker:
         floor = self.floor() if self._open else (stored_floor if stored_floor is not None else 1)
         return max(0, min(floor - 1, self.add_index))
 
-    def track(self, inv: Any, created: InvoiceCreated | None = None) -> None:
+    def track(self, inv: Any) -> None:
         """Track an OPEN or ACCEPTED ``lnrpc.Invoice`` until it is closed."""
-        payment_hash = created.payment_hash if created is not None else inv.r_hash.hex()
-        entry = self._open.get(payment_hash)
-        if entry is not None:
+        key = bytes(inv.r_hash)
+        data = self._open.get(key)
+        if data is not None:
+            entry = _Open.unpack(data)
             entry.state = inv.state
+            self._open[key] = entry.pack()
             return
-        if created is None:
-            created = convert.invoice_created(inv)
-        due = float(created.expires_at)
-        # Kept to describe an invoice LND deleted; the payment request is most of its
-        # size and not needed for that.
-        slim = msgspec.structs.replace(created, payment_request="")
-        entry = _Open(slim, inv.state, convert.invoice_is_hold(inv), due)
-        payment_hash = slim.payment_hash  # one string shared by the entry and the indexes
-        self._open[payment_hash] = entry
-        heapq.heappush(self._by_add, (created.add_index, payment_hash))
-        self._schedule(payment_hash, due)
+        expires_at = convert.invoice_expires_at(inv)
+        entry = _Open(
+            inv.add_index,
+            float(expires_at),
+            inv.value_msat,
+            inv.creation_date,
+            inv.expiry,
+            inv.state,
+            inv.memo,
+            hold=convert.invoice_is_hold(inv),
+            is_keysend=inv.is_keysend,
+            private=inv.private,
+        )
+        self._open[key] = entry.pack()
+        adds = self._adds
+        if not adds or entry.add_index >= adds[-1]:
+            adds.append(entry.add_index)
+            self._add_hashes.append(key)
+        else:
+            at = bisect.bisect_right(adds, entry.add_index)
+            adds.insert(at, entry.add_index)
+            self._add_hashes.insert(at, key)
+        self._schedule(key, entry.due)
         if entry.hold:
-            self._to_follow.add(payment_hash)
+            self._to_follow.add(key)
             if self._wake is not None:
                 self._wake.set()
 
     def forget(self, payment_hash: str) -> None:
         """Stop tracking (its end has been journaled)."""
-        if self._open.pop(payment_hash, None) is not None:
-            self._to_follow.discard(payment_hash)
-            self._gone.discard(payment_hash)
-            # Heaps drop forgotten entries lazily; rebuild them before the stale
-            # entries of a long burst of settlements pile up.
-            if len(self._due) > 4 * len(self._open) + 4096:
+        key = bytes.fromhex(payment_hash)
+        if self._open.pop(key, None) is not None:
+            self._to_follow.discard(key)
+            self._gone.discard(key)
+            # Timers and add indexes drop closed invoices lazily; rebuild them before
+            # the stale entries of a long burst of settlements pile up.
+            limit = 4 * len(self._open) + 4096
+            if self._timer_refs > limit or len(self._add_hashes) > limit:
                 self._compact()
 
     def _compact(self) -> None:
         # A dict keeps the table it grew to for a burst however many entries remain: a
         # copy is sized for what is left.
         self._open = dict(self._open)
-        # The heaps are rebuilt in place: a loop waiting with a reference to one (the
-        # timers) would otherwise keep the old list, and a whole burst's entries, alive.
-        self._due[:] = [(e.due, h) for h, e in self._open.items()]
-        heapq.heapify(self._due)
-        self._by_add[:] = [(e.created.add_index, h) for h, e in self._open.items()]
-        heapq.heapify(self._by_add)
-        self._next_due = self._due[0][0] if self._due else float("inf")
+        entries = sorted((_ADD.unpack_from(data)[0], key) for key, data in self._open.items())
+        self._adds = array("q", [add_index for add_index, _ in entries])
+        self._add_hashes = [key for _, key in entries]
+        # Rebuilt in place: the timer loop may hold a reference to them.
+        self._due.clear()
+        self._seconds.clear()
+        self._timer_refs = 0
+        for key, data in self._open.items():
+            self._schedule(key, _Open.unpack(data).due, wake=False)
+        self._next_due = float(self._seconds[0]) if self._seconds else float("inf")
 
     def note_canceled(self, events: Iterable[Event]) -> None:
         """Remember the invoices just journaled as canceled (see ``canceled``)."""
@@ -189,23 +299,32 @@ class ExpiryTracker:
         """``invoices.open_floor``: the lowest add index still tracked, else the next
         add index. Computed before closed invoices are forgotten, so it may lag one
         batch behind but is never too high."""
-        heap = self._by_add
-        while heap:
-            add_index, payment_hash = heap[0]
-            entry = self._open.get(payment_hash)
-            if entry is not None and entry.created.add_index == add_index:
-                return add_index
-            heapq.heappop(heap)
-        return self.add_index + 1
+        adds, hashes, tracked = self._adds, self._add_hashes, self._open
+        passed = 0
+        for add_index, key in zip(adds, hashes, strict=True):
+            data = tracked.get(key)
+            if data is not None and _ADD.unpack_from(data)[0] == add_index:
+                break
+            passed += 1
+        if passed:
+            del adds[:passed]
+            del hashes[:passed]
+        return adds[0] if adds else self.add_index + 1
 
     def positions(self) -> dict[str, int]:
         """The invoice positions to store with an append."""
         return {ADD_INDEX: self.add_index, SETTLE_INDEX: self.settle_index, OPEN_FLOOR: self.floor()}
 
-    def _schedule(self, payment_hash: str, due: float) -> None:
-        heapq.heappush(self._due, (due, payment_hash))
-        if due < self._next_due:
-            self._next_due = due
+    def _schedule(self, key: bytes, due: float, *, wake: bool = True) -> None:
+        second = math.ceil(due)
+        keys = self._due.get(second)
+        if keys is None:
+            keys = self._due[second] = []
+            heapq.heappush(self._seconds, second)
+        keys.append(key)
+        self._timer_refs += 1
+        if wake and second < self._next_due:
+            self._next_due = second
             if self._wake is not None:
                 self._wake.set()
 
@@ -219,10 +338,12 @@ class ExpiryTracker:
         # Followers of an earlier connection are gone (even those cancelled before
         # they ran): follow every hold invoice again.
         self._following = 0
-        for payment_hash, entry in self._open.items():
-            entry.followed = False
+        for key, data in list(self._open.items()):
+            entry = _Open.unpack(data)
             if entry.hold:
-                self._to_follow.add(payment_hash)
+                entry.followed = False
+                self._open[key] = entry.pack()
+                self._to_follow.add(key)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._sweeps, stubs)
@@ -236,16 +357,19 @@ class ExpiryTracker:
             if self._to_follow:
                 self._start_followers(stubs, tg)
             now = self._clock()
-            due: list[str] = []
-            heap = self._due
-            while heap and heap[0][0] <= now:
-                when, payment_hash = heapq.heappop(heap)
-                entry = self._open.get(payment_hash)
-                if entry is not None and entry.due == when:
-                    due.append(payment_hash)
-            self._next_due = heap[0][0] if heap else float("inf")
+            due: dict[bytes, None] = {}
+            seconds = self._seconds
+            while seconds and seconds[0] <= now:
+                keys = self._due.pop(heapq.heappop(seconds))
+                self._timer_refs -= len(keys)
+                for key in keys:
+                    # Closed, or rescheduled to a later second.
+                    data = self._open.get(key)
+                    if data is not None and _PACKED.unpack_from(data)[1] <= now:
+                        due[key] = None
+            self._next_due = float(seconds[0]) if seconds else float("inf")
             if due:
-                await self._check(stubs, due, limiter)
+                await self._check(stubs, list(due), limiter)
                 continue
             assert self._wake is not None
             delay = max(0.0, self._next_due - now)
@@ -265,45 +389,41 @@ class ExpiryTracker:
                 return None
             raise
 
-    async def _check(self, stubs: Any, hashes: list[str], limiter: anyio.CapacityLimiter) -> None:
+    async def _check(self, stubs: Any, keys: list[bytes], limiter: anyio.CapacityLimiter) -> None:
         """Look the given invoices up and journal the ends found, in one append."""
-        found: dict[str, Any] = {}
+        found: dict[bytes, Any] = {}
 
-        async def one(payment_hash: str) -> None:
-            entry = self._open.get(payment_hash)
-            if entry is None:
+        async def one(key: bytes) -> None:
+            if key not in self._open:
                 return
             async with limiter:
-                found[payment_hash] = await self._lookup(stubs, bytes.fromhex(payment_hash))
+                found[key] = await self._lookup(stubs, key)
 
         async with anyio.create_task_group() as tg:
-            for payment_hash in hashes:
-                tg.start_soon(one, payment_hash)
+            for key in keys:
+                tg.start_soon(one, key)
         await self._resolve(found)
 
-    async def _resolve(self, found: dict[str, Any]) -> None:
+    async def _resolve(self, found: dict[bytes, Any]) -> None:
         """Journal what the looked-up invoices say; reschedule those still open."""
         now = self._clock()
         events: list[InvoiceEvent] = []
         closed: list[str] = []
-        for payment_hash, inv in found.items():
-            entry = self._open.get(payment_hash)
+        for key, inv in found.items():
+            entry = self._get(key)
             if entry is None:
                 continue
             if inv is None:
                 # Gone from LND: canceled (and deleted) or expired.
-                fields = {f: getattr(entry.created, f) for f in entry.created.__struct_fields__}
-                fields["time"] = now
-                cls = InvoiceCanceled if now < entry.created.expires_at else InvoiceExpired
-                events.append(cls(**fields))
-                closed.append(payment_hash)
+                events.append(entry.ended(key, now))
+                closed.append(key.hex())
                 continue
             state = inv.state
             if state == convert.SETTLED or state == convert.CANCELED:
                 event = convert.invoice_state_event(inv, now)
                 assert event is not None
                 events.append(event)
-                closed.append(payment_hash)
+                closed.append(key.hex())
                 continue
             if state == convert.ACCEPTED:
                 if entry.state != convert.ACCEPTED:
@@ -313,13 +433,14 @@ class ExpiryTracker:
             else:
                 # Still OPEN: before its expiry time (expiry extended?) wait for it,
                 # after it LND is about to cancel it.
-                expires = float(entry.created.expires_at)
+                expires = float(entry.expires_at)
                 if now < expires:
                     entry.due = expires
                 else:
                     entry.due = now + _RECHECK_DELAYS[min(entry.attempts, len(_RECHECK_DELAYS) - 1)]
                     entry.attempts += 1
-            self._schedule(payment_hash, entry.due)
+            self._put(key, entry)
+            self._schedule(key, entry.due)
         if events:
             positions = {OPEN_FLOOR: self.floor()}
             await self.journal.append(events, positions)
@@ -348,7 +469,7 @@ class ExpiryTracker:
         hashes are kept across them."""
         settings = self.settings
         reached = self.add_index
-        pending: set[str] = set()
+        pending: set[bytes] = set()
         offset = max(0, self.floor() - 1)
         while offset < reached:
             request = ln.ListInvoiceRequest(
@@ -360,17 +481,19 @@ class ExpiryTracker:
             for inv in page.invoices:
                 if inv.add_index > reached:
                     break
-                payment_hash = inv.r_hash.hex()
-                pending.add(payment_hash)
-                entry = self._open.get(payment_hash)
+                key = bytes(inv.r_hash)
+                pending.add(key)
+                entry = self._get(key)
                 if entry is None:
                     # Its creation is journaled: the reader has passed its add index.
-                    self.track(inv, convert.invoice_created(inv, now))
-                    entry = self._open[payment_hash]
+                    self.track(inv)
+                    entry = self._get(key)
+                    assert entry is not None
                     if inv.state == convert.ACCEPTED:
                         entry.state = convert.OPEN  # so the ACCEPTED branch below journals it
                 if inv.state == convert.ACCEPTED and entry.state != convert.ACCEPTED:
                     entry.state = convert.ACCEPTED
+                    self._put(key, entry)
                     events.append(convert.invoice_state_event(inv, now))  # type: ignore[arg-type]
             if events:
                 await self.journal.append(events, {OPEN_FLOOR: self.floor()})
@@ -381,7 +504,11 @@ class ExpiryTracker:
         # the reader may just be behind), canceled or expired. Only those missing in
         # two sweeps in a row are looked up, at most _SWEEP_LOOKUPS per sweep, so a
         # burst of settlements does not turn into a burst of lookups.
-        gone = {h for h, e in self._open.items() if h not in pending and e.created.add_index <= reached}
+        gone = {
+            key
+            for key, data in self._open.items()
+            if key not in pending and _ADD.unpack_from(data)[0] <= reached
+        }
         suspects = [h for h in gone if h in self._gone][:_SWEEP_LOOKUPS]
         self._gone = gone
         if suspects:
@@ -392,25 +519,25 @@ class ExpiryTracker:
     def _start_followers(self, stubs: Any, tg: anyio.abc.TaskGroup) -> None:
         while self._to_follow and self._following < _MAX_FOLLOWERS:
             # Beyond the limit the sweep and the timers still cover hold invoices.
-            payment_hash = self._to_follow.pop()
-            entry = self._open.get(payment_hash)
+            key = self._to_follow.pop()
+            entry = self._get(key)
             if entry is None or entry.followed:
                 continue
             entry.followed = True
+            self._put(key, entry)
             self._following += 1
-            tg.start_soon(self._follow, stubs, payment_hash)
+            tg.start_soon(self._follow, stubs, key)
 
-    async def _follow(self, stubs: Any, payment_hash: str) -> None:
+    async def _follow(self, stubs: Any, key: bytes) -> None:
         """Follow one hold invoice with SubscribeSingleInvoice until it ends."""
         call = None
         try:
-            entry = self._open.get(payment_hash)
-            if entry is None:
+            if key not in self._open:
                 return
-            request = invoices_pb2.SubscribeSingleInvoiceRequest(r_hash=bytes.fromhex(payment_hash))
+            request = invoices_pb2.SubscribeSingleInvoiceRequest(r_hash=key)
             call = stubs.invoices.SubscribeSingleInvoice(request)
             async for inv in call:
-                entry = self._open.get(payment_hash)
+                entry = self._get(key)
                 if entry is None:
                     return
                 state = inv.state
@@ -418,17 +545,18 @@ class ExpiryTracker:
                     continue
                 if state == convert.ACCEPTED and entry.state == convert.ACCEPTED:
                     continue
-                await self._resolve({payment_hash: inv})
+                await self._resolve({key: inv})
                 if state != convert.ACCEPTED:
                     return
         except (grpc.RpcError, grpc.aio.UsageError) as exc:
             # A lost connection ends the main streams too; the follower just stops
             # (timers and sweeps still cover the invoice).
-            _log.debug("hold invoice follower stopped", payment_hash=payment_hash, error=str(classify(exc)))
+            _log.debug("hold invoice follower stopped", payment_hash=key.hex(), error=str(classify(exc)))
         finally:
             if call is not None:
                 call.cancel()
             self._following -= 1
-            entry = self._open.get(payment_hash)
+            entry = self._get(key)
             if entry is not None:
                 entry.followed = False
+                self._put(key, entry)

@@ -271,7 +271,7 @@ async def _invoices(r: _Readers) -> None:
                     continue
                 created = created_event(inv, now)
                 events.append(created)
-                tracker.track(inv, created)
+                tracker.track(inv)
                 tracker.add_index = add_index
                 continue
             if state == SETTLED:
@@ -348,7 +348,7 @@ async def _invoice_catch_up(r: _Readers, offset: int, settle_start: int) -> None
                 if add_index > tracker.add_index:
                     tracker.add_index = add_index
                 if state == convert.OPEN:
-                    tracker.track(inv, created)
+                    tracker.track(inv)
                     continue
                 payment_hash = inv.r_hash.hex()
                 if state == convert.SETTLED:
@@ -359,7 +359,7 @@ async def _invoice_catch_up(r: _Readers, offset: int, settle_start: int) -> None
                         closing.append(payment_hash)
                 elif state == convert.ACCEPTED:
                     events.append(convert.invoice_state_event(inv, now))  # type: ignore[arg-type]
-                    tracker.track(inv, created)
+                    tracker.track(inv)
                 elif state == convert.CANCELED:
                     # At or above the floor: open when last seen, or closed out of order.
                     closed = convert.invoice_closed_event(inv, now)

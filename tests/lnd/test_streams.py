@@ -397,6 +397,64 @@ async def test_cancel_is_detected_and_journaled_as_canceled(sim: SimnetProcess, 
         assert added.payment_hash not in d.tracker
 
 
+async def test_invoices_lnd_deleted_end_with_what_the_daemon_kept_of_them(
+    sim: SimnetProcess, tmp_path: Path
+) -> None:
+    """LND deletes canceled invoices (``deletecanceledinvoice``, or every expired one with
+    ``gc-canceled-invoices-on-the-fly``): their end is journaled from what the tracker
+    kept of them, since LookupInvoice no longer finds them."""
+    async with daemon(sim, tmp_path / "db.sqlite") as d:
+        # The tracker's lookups wait until both invoices are gone.
+        await d.control.hold_calls("LookupInvoice")
+        try:
+            canceled = await d.lnd.add_invoice(value_msat=5000, memo="order 41", expiry=3600)
+            expiring = await d.lnd.add_invoice(value_msat=7000, memo="order 42", expiry=1, private=True)
+            await d.wait_events(ev.InvoiceCreated, 1, payment_hash=expiring.payment_hash)
+            await d.lnd.cancel_invoice(canceled.payment_hash)
+            await d.control.delete_invoice(canceled.payment_hash)
+            await anyio.sleep(2)  # simnet cancels the expiring one, as LND does
+            await d.control.delete_invoice(expiring.payment_hash)
+        finally:
+            await d.control.release_calls("LookupInvoice")
+        ended = await d.wait_events(ev.InvoiceCanceled, 1, payment_hash=canceled.payment_hash)
+        assert (ended[0].memo, ended[0].value_msat, ended[0].expiry) == ("order 41", 5000, 3600)
+        assert ended[0].add_index == canceled.add_index
+        expired = await d.wait_events(ev.InvoiceExpired, 1, payment_hash=expiring.payment_hash)
+        assert (expired[0].memo, expired[0].value_msat, expired[0].expiry) == ("order 42", 7000, 1)
+        assert expired[0].private and expired[0].add_index == expiring.add_index
+        created = (await d.events(ev.InvoiceCreated))[-1]
+        assert expired[0].creation_date == created.creation_date
+        await d.wait_for(lambda: len(d.tracker) == 0)
+        assert_no_duplicates(await d.events())
+
+
+async def test_many_open_invoices_cost_little_memory_each(sim: SimnetProcess, tmp_path: Path) -> None:
+    """The tracker keeps each open invoice in a couple of hundred bytes, so a merchant
+    with tens of thousands of open invoices (or a burst of them) costs a few MB."""
+    tracemalloc.start(1)
+    try:
+        async with daemon(sim, tmp_path / "db.sqlite", invoice_sweep_interval=60) as d:
+            before = len(d.tracker)
+            gc.collect()
+            start = tracemalloc.take_snapshot()
+            added = []
+            for first in range(0, 2000, 100):
+                added += await asyncio.gather(
+                    *(d.lnd.add_invoice(1000 + i, f"order {i}", 3600) for i in range(first, first + 100))
+                )
+            await d.wait_for(lambda: len(d.tracker) == before + len(added), within=30)
+            d.journal.release_memory()
+            gc.collect()
+            grown = sum(
+                stat.size_diff
+                for stat in tracemalloc.take_snapshot().compare_to(start, "filename")
+                if stat.traceback[0].filename.endswith(("lnd/expiry.py", "lnd/convert.py"))
+            )
+            assert grown / len(added) < 300, grown / len(added)
+    finally:
+        tracemalloc.stop()
+
+
 async def test_invoice_ends_while_daemon_down_are_journaled_once(sim: SimnetProcess, tmp_path: Path) -> None:
     db = tmp_path / "db.sqlite"
     async with daemon(sim, db) as d:
