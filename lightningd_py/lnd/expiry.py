@@ -2,9 +2,10 @@
 
 LND's invoice stream reports additions and settlements only; it cancels expired
 invoices silently and says nothing of cancellations. ``ExpiryTracker`` keeps every
-open invoice in memory with a heap of expiry times; when one is due it asks LND
-(``LookupInvoice``) and journals what happened: ``InvoiceExpired``, ``InvoiceSettled``
-or ``InvoiceCanceled``. A periodic sweep of ``ListInvoices(pending_only)`` catches
+open invoice in memory (about 225 bytes each) with a timer at its expiry time; when
+one is due it asks LND (``LookupInvoice``) and journals what happened:
+``InvoiceExpired``, ``InvoiceSettled`` or ``InvoiceCanceled`` (from what the tracker
+kept of the invoice, if LND has deleted it). A periodic sweep of ``ListInvoices(pending_only)`` catches
 what the timers cannot (cancellations before expiry, anything missed), journals
 ``InvoiceAccepted`` for hold invoices whose HTLCs are locked in, and hold invoices are
 followed with ``SubscribeSingleInvoice``.
