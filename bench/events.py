@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -381,6 +382,8 @@ def main() -> int:
         daemon.close()
     finally:
         simnet.stop()
+        # Its databases hold a million events and more: gigabytes, on every run.
+        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

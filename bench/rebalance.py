@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         if daemon is not None:
             daemon.close()
         simnet.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
