@@ -107,10 +107,15 @@ def by_rows(conn: sqlite3.Connection, start: float, end: float, step: float | No
     return out
 
 
+# Hypothesis calls the tests below without function fixtures: their databases go in one
+# directory, removed when the test session ends.
+_WORK = tempfile.TemporaryDirectory(prefix="ldp-rollup-")
+
+
 def recorded(events: list[Event], runs: list[int] | None = None) -> Path:
     """A database with ``events`` recorded one by one, or as runs of the given sizes
     (each run recorded twice, as a redelivery after a crash would)."""
-    path = Path(tempfile.mkdtemp()) / "db.sqlite3"
+    path = Path(tempfile.mkdtemp(dir=_WORK.name)) / "db.sqlite3"
 
     async def run() -> None:
         store = Store(path)
@@ -198,7 +203,7 @@ WHERE excluded.rank > metrics_tx.rank
 
 
 def oracle(events: list[Event]) -> Path:
-    path = Path(tempfile.mkdtemp()) / "oracle.sqlite3"
+    path = Path(tempfile.mkdtemp(dir=_WORK.name)) / "oracle.sqlite3"
     conn = sqlite3.connect(path)
     try:
         for migration in metrics_plugin.ldp_migrations()[:2]:
