@@ -207,7 +207,12 @@ class ExpiryTracker:
         return len(self._open)
 
     def __contains__(self, payment_hash: object) -> bool:
-        return isinstance(payment_hash, str) and bytes.fromhex(payment_hash) in self._open
+        if not isinstance(payment_hash, str):
+            return False
+        try:
+            return bytes.fromhex(payment_hash) in self._open
+        except ValueError:
+            return False
 
     def _get(self, key: bytes) -> _Open | None:
         data = self._open.get(key)
