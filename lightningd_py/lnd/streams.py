@@ -331,7 +331,7 @@ async def _invoice_catch_up(r: _Readers, offset: int, settle_start: int) -> None
     tracker = r.expiry
     known_add = tracker.add_index
     known_settle = tracker.settle_index
-    settled: set[int] = set()
+    settled = _Unbroken(known_settle)
     pages = 0
     async with contextlib.aclosing(_invoice_pages(r, offset)) as invoice_pages:
         async for page, last_page in invoice_pages:
@@ -372,9 +372,7 @@ async def _invoice_catch_up(r: _Readers, offset: int, settle_start: int) -> None
                     events.append(closed)
                     closing.append(payment_hash)
             if last_page:
-                tracker.settle_index = max(
-                    tracker.settle_index, settle_start, _unbroken(known_settle, settled)
-                )
+                tracker.settle_index = max(tracker.settle_index, settle_start, settled.top)
             if events or last_page or pages % 10 == 9:
                 await r.journal.append(events, tracker.positions())
                 tracker.note_canceled(events)
@@ -407,12 +405,26 @@ async def _invoice_pages(r: _Readers, offset: int) -> AsyncIterator[tuple[Any, b
             call.cancel()
 
 
-def _unbroken(after: int, indices: set[int]) -> int:
-    """The highest ``n`` such that every index in ``(after, n]`` is in ``indices``."""
-    n = after
-    while n + 1 in indices:
-        n += 1
-    return n
+class _Unbroken:
+    """The highest index ``top`` such that every index in ``(after, top]`` was added,
+    kept up as indices arrive. Only indices that came ahead of a missing one are held,
+    so a catch-up of settlements that arrive in order holds none of them."""
+
+    def __init__(self, after: int) -> None:
+        self.top = after
+        self._ahead: set[int] = set()
+
+    def add(self, index: int) -> None:
+        if index <= self.top:
+            return
+        if index != self.top + 1:
+            self._ahead.add(index)
+            return
+        top, ahead = index, self._ahead
+        while top + 1 in ahead:
+            top += 1
+            ahead.discard(top)
+        self.top = top
 
 
 async def _journaled_cancels(journal: JournalLike) -> set[str]:

@@ -38,7 +38,7 @@ from lightningd_py.lnd.reconcile import FORWARDS_TIME, PAYMENTS_INDEX
 from lightningd_py.lnd.rpc import invoices_pb2_grpc, router_pb2_grpc, stateservice_pb2_grpc
 from lightningd_py.lnd.rpc import lightning_pb2 as ln
 from lightningd_py.lnd.rpc import lightning_pb2_grpc as lnrpc_grpc
-from lightningd_py.lnd.streams import BATCH, READY_KEY, StreamEnded, _pump, run_streams
+from lightningd_py.lnd.streams import BATCH, READY_KEY, StreamEnded, _pump, _Unbroken, run_streams
 from lightningd_py.simnet.control import AsyncSimnetControl
 from lightningd_py.store import Store
 
@@ -277,6 +277,16 @@ async def test_settled_during_the_catch_up_after_it_read_the_invoice_open(
                 await anyio.sleep(0.3)
                 assert_no_duplicates(await d.events())
                 assert len(d.tracker) == 118
+
+
+def test_the_unbroken_settle_index_waits_for_every_gap_below_it() -> None:
+    unbroken = _Unbroken(10)
+    tops = []
+    for index in (13, 11, 9, 12, 11, 16, 17, 14, 15):
+        unbroken.add(index)
+        tops.append(unbroken.top)
+    assert tops == [10, 11, 11, 13, 13, 13, 13, 14, 17]
+    assert not unbroken._ahead  # nothing kept once the gaps are filled
 
 
 async def test_a_settled_burst_leaves_nothing_of_it_in_memory(sim: SimnetProcess, tmp_path: Path) -> None:
