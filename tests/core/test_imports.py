@@ -1,4 +1,4 @@
-"""The daemon's logging setup as a fresh process sees it."""
+"""What a fresh daemon process loads, and what it leaves until needed."""
 
 from __future__ import annotations
 
@@ -24,3 +24,13 @@ def test_the_daemon_does_not_load_rich_yet_leaves_it_importable() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [[], False]
+
+
+def test_the_qr_code_library_is_loaded_only_when_a_qr_code_is_drawn() -> None:
+    probe = (
+        "import json, sys\n"
+        "import lightningd_py.cli, lightningd_py.supervisor, lightningd_py.plugins.http_api\n"
+        "print(json.dumps('segno' in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) is False
