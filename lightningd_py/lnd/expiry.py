@@ -5,10 +5,10 @@ invoices silently and says nothing of cancellations. ``ExpiryTracker`` keeps eve
 open invoice in memory (about 225 bytes each) with a timer at its expiry time; when
 one is due it asks LND (``LookupInvoice``) and journals what happened:
 ``InvoiceExpired``, ``InvoiceSettled`` or ``InvoiceCanceled`` (from what the tracker
-kept of the invoice, if LND has deleted it). A periodic sweep of ``ListInvoices(pending_only)`` catches
-what the timers cannot (cancellations before expiry, anything missed), journals
-``InvoiceAccepted`` for hold invoices whose HTLCs are locked in, and hold invoices are
-followed with ``SubscribeSingleInvoice``.
+kept of the invoice, if LND has deleted it). A periodic sweep of
+``ListInvoices(pending_only)`` catches what the timers cannot (cancellations before
+expiry, anything missed), journals ``InvoiceAccepted`` for hold invoices whose HTLCs
+are locked in, and hold invoices are followed with ``SubscribeSingleInvoice``.
 
 The tracker also holds the invoice reader's resume state (``add_index``,
 ``settle_index``) and the ``invoices.open_floor`` position: the lowest add index that
@@ -76,7 +76,9 @@ _SWEEP_LOOKUPS = 500
 # invoices cost a few MB, and a burst of them leaves no scattered survivors that keep
 # the allocator's arenas from being returned.
 _PACKED = struct.Struct("<qdqqqBBB")
-_ADD = struct.Struct("<q")
+# What the timers, the floor and compaction read, without decoding the rest.
+_HEAD = struct.Struct("<qd")  # add_index, due
+_FLAGS_AT = _PACKED.size - 1
 _HOLD, _FOLLOWED, _KEYSEND, _PRIVATE = 1, 2, 4, 8
 
 
@@ -285,15 +287,15 @@ class ExpiryTracker:
         # A dict keeps the table it grew to for a burst however many entries remain: a
         # copy is sized for what is left.
         self._open = dict(self._open)
-        entries = sorted((_ADD.unpack_from(data)[0], key) for key, data in self._open.items())
-        self._adds = array("q", [add_index for add_index, _ in entries])
-        self._add_hashes = [key for _, key in entries]
+        entries = sorted((*_HEAD.unpack_from(data), key) for key, data in self._open.items())
+        self._adds = array("q", [add_index for add_index, _, _ in entries])
+        self._add_hashes = [key for _, _, key in entries]
         # Rebuilt in place: the timer loop may hold a reference to them.
         self._due.clear()
         self._seconds.clear()
         self._timer_refs = 0
-        for key, data in self._open.items():
-            self._schedule(key, _Open.unpack(data).due, wake=False)
+        for _, due, key in entries:
+            self._schedule(key, due, wake=False)
         self._next_due = float(self._seconds[0]) if self._seconds else float("inf")
 
     def note_canceled(self, events: Iterable[Event]) -> None:
@@ -309,7 +311,7 @@ class ExpiryTracker:
         passed = 0
         for add_index, key in zip(adds, hashes, strict=True):
             data = tracked.get(key)
-            if data is not None and _ADD.unpack_from(data)[0] == add_index:
+            if data is not None and _HEAD.unpack_from(data)[0] == add_index:
                 break
             passed += 1
         if passed:
@@ -344,12 +346,14 @@ class ExpiryTracker:
         # Followers of an earlier connection are gone (even those cancelled before
         # they ran): follow every hold invoice again.
         self._following = 0
-        for key, data in list(self._open.items()):
-            entry = _Open.unpack(data)
-            if entry.hold:
-                entry.followed = False
-                self._open[key] = entry.pack()
+        for key, data in self._open.items():
+            if data[_FLAGS_AT] & _HOLD:
                 self._to_follow.add(key)
+        for key in self._to_follow:
+            entry = self._get(key)
+            if entry is not None:
+                entry.followed = False
+                self._put(key, entry)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._sweeps, stubs)
@@ -371,7 +375,7 @@ class ExpiryTracker:
                 for key in keys:
                     # Closed, or rescheduled to a later second.
                     data = self._open.get(key)
-                    if data is not None and _PACKED.unpack_from(data)[1] <= now:
+                    if data is not None and _HEAD.unpack_from(data)[1] <= now:
                         due[key] = None
             self._next_due = float(seconds[0]) if seconds else float("inf")
             if due:
@@ -513,7 +517,7 @@ class ExpiryTracker:
         gone = {
             key
             for key, data in self._open.items()
-            if key not in pending and _ADD.unpack_from(data)[0] <= reached
+            if key not in pending and _HEAD.unpack_from(data)[0] <= reached
         }
         suspects = [h for h in gone if h in self._gone][:_SWEEP_LOOKUPS]
         self._gone = gone
