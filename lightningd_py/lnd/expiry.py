@@ -2,8 +2,8 @@
 
 LND's invoice stream reports additions and settlements only; it cancels expired
 invoices silently and says nothing of cancellations. ``ExpiryTracker`` keeps every
-open invoice in memory (about 225 bytes each) with a timer at its expiry time; when
-one is due it asks LND (``LookupInvoice``) and journals what happened:
+open invoice in memory (about 110 bytes each plus its memo, in the flat arrays of
+``OpenSet``) with a timer at its expiry time; when one is due it asks LND (``LookupInvoice``) and journals what happened:
 ``InvoiceExpired``, ``InvoiceSettled`` or ``InvoiceCanceled`` (from what the tracker
 kept of the invoice, if LND has deleted it). A periodic sweep of
 ``ListInvoices(pending_only)`` catches what the timers cannot (cancellations before
@@ -25,11 +25,9 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-import struct
 import time
 from array import array
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -40,6 +38,7 @@ from ..errors import LndError
 from ..events import Event, InvoiceCanceled, InvoiceEvent, InvoiceExpired
 from . import convert
 from .errors import classify
+from .openset import HOLD, OpenInvoice, OpenSet
 from .reconcile import JournalLike, RecentForwards, StreamSettings, unary
 from .rpc import invoices_pb2
 from .rpc import lightning_pb2 as ln
@@ -71,91 +70,21 @@ _MAX_FOLLOWERS = 256
 _SWEEP_LOOKUPS = 500
 
 
-# An open invoice is kept as one bytes object (this header, then its memo in UTF-8) under
-# its 32-byte hash: two small allocations per invoice, so tens of thousands of open
-# invoices cost a few MB, and a burst of them leaves no scattered survivors that keep
-# the allocator's arenas from being returned.
-_PACKED = struct.Struct("<qdqqqBBB")
-# What the timers, the floor and compaction read, without decoding the rest.
-_HEAD = struct.Struct("<qd")  # add_index, due
-_FLAGS_AT = _PACKED.size - 1
-_HOLD, _FOLLOWED, _KEYSEND, _PRIVATE = 1, 2, 4, 8
-
-
-@dataclass(slots=True)
-class _Open:
-    """An open invoice: when to look at it next, and what describes it should LND
-    delete it."""
-
-    add_index: int
-    due: float
-    value_msat: int
-    creation_date: int
-    expiry: int
-    state: int
-    memo: str
-    hold: bool = False
-    followed: bool = False
-    is_keysend: bool = False
-    private: bool = False
-    attempts: int = 0
-
-    @property
-    def expires_at(self) -> int:
-        return self.creation_date + self.expiry
-
-    def pack(self) -> bytes:
-        flags = (
-            (_HOLD if self.hold else 0)
-            | (_FOLLOWED if self.followed else 0)
-            | (_KEYSEND if self.is_keysend else 0)
-            | (_PRIVATE if self.private else 0)
-        )
-        header = _PACKED.pack(
-            self.add_index,
-            self.due,
-            self.value_msat,
-            self.creation_date,
-            self.expiry,
-            self.state,
-            min(self.attempts, 255),
-            flags,
-        )
-        return header + self.memo.encode()
-
-    @classmethod
-    def unpack(cls, data: bytes) -> _Open:
-        add_index, due, value_msat, creation_date, expiry, state, attempts, flags = _PACKED.unpack_from(data)
-        return cls(
-            add_index,
-            due,
-            value_msat,
-            creation_date,
-            expiry,
-            state,
-            data[_PACKED.size :].decode(),
-            hold=bool(flags & _HOLD),
-            followed=bool(flags & _FOLLOWED),
-            is_keysend=bool(flags & _KEYSEND),
-            private=bool(flags & _PRIVATE),
-            attempts=attempts,
-        )
-
-    def ended(self, payment_hash: bytes, now: float) -> InvoiceEvent:
-        """The end of an invoice LND no longer has: canceled before its expiry time,
-        else expired."""
-        cls = InvoiceCanceled if now < self.expires_at else InvoiceExpired
-        return cls(
-            time=now,
-            payment_hash=payment_hash.hex(),
-            memo=self.memo,
-            value_msat=self.value_msat,
-            creation_date=self.creation_date,
-            expiry=self.expiry,
-            add_index=self.add_index,
-            is_keysend=self.is_keysend,
-            private=self.private,
-        )
+def _ended(entry: OpenInvoice, payment_hash: bytes, now: float) -> InvoiceEvent:
+    """The end of an invoice LND no longer has: canceled before its expiry time, else
+    expired."""
+    cls = InvoiceCanceled if now < entry.expires_at else InvoiceExpired
+    return cls(
+        time=now,
+        payment_hash=payment_hash.hex(),
+        memo=entry.memo,
+        value_msat=entry.value_msat,
+        creation_date=entry.creation_date,
+        expiry=entry.expiry,
+        add_index=entry.add_index,
+        is_keysend=entry.is_keysend,
+        private=entry.private,
+    )
 
 
 class ExpiryTracker:
@@ -173,19 +102,19 @@ class ExpiryTracker:
         self.journal = journal
         self.settings = settings
         self._clock = clock
-        # Open invoices by payment hash (bytes), packed (see _Open).
-        self._open: dict[bytes, bytes] = {}
-        # Timers: the hashes due within each whole second (the second they are due at
-        # or before), and a heap of those seconds. A hash whose invoice closed or was
-        # rescheduled stays in its second's list until that second is reached.
-        self._due: dict[int, list[bytes]] = {}
+        self._open = OpenSet()
+        # Timers: the slots due within each whole second (the second they are due at or
+        # before), and a heap of those seconds. A slot whose invoice closed or was
+        # rescheduled stays in its second's array until that second is reached; should
+        # the slot hold another invoice by then, that one is checked only if it is due.
+        self._due: dict[int, array[int]] = {}
         self._seconds: list[int] = []
         self._timer_refs = 0
-        # Tracked add indexes, ascending, beside their hashes; the first still open is
+        # Tracked add indexes, ascending, beside their slots; the first still open is
         # the floor. Entries of closed invoices are dropped from the front as the floor
         # passes them, and from the rest when the tracker compacts.
         self._adds = array("q")
-        self._add_hashes: list[bytes] = []
+        self._add_slots = array("i")
         self._to_follow: set[bytes] = set()
         self._gone: set[bytes] = set()
         self._wake: anyio.Event | None = None
@@ -216,12 +145,13 @@ class ExpiryTracker:
         except ValueError:
             return False
 
-    def _get(self, key: bytes) -> _Open | None:
-        data = self._open.get(key)
-        return None if data is None else _Open.unpack(data)
+    def _get(self, key: bytes) -> OpenInvoice | None:
+        return self._open.get(key)
 
-    def _put(self, key: bytes, entry: _Open) -> None:
-        self._open[key] = entry.pack()
+    def _put(self, key: bytes, entry: OpenInvoice) -> None:
+        slot = self._open.slot(key)
+        if slot >= 0:
+            self._open.update(slot, entry)
 
     def load_positions(self) -> int:
         """Read the stored invoice positions; returns the add index to re-read from
@@ -237,16 +167,19 @@ class ExpiryTracker:
     def track(self, inv: Any) -> None:
         """Track an OPEN or ACCEPTED ``lnrpc.Invoice`` until it is closed."""
         key = bytes(inv.r_hash)
-        data = self._open.get(key)
-        if data is not None:
-            entry = _Open.unpack(data)
+        tracked = self._open
+        slot = tracked.slot(key)
+        if slot >= 0:
+            entry = tracked.at(slot)
             entry.state = inv.state
-            self._open[key] = entry.pack()
+            tracked.update(slot, entry)
             return
-        expires_at = convert.invoice_expires_at(inv)
-        entry = _Open(
+        if len(key) != 32:
+            _log.warning("invoice with a malformed payment hash not tracked", r_hash=key.hex())
+            return
+        entry = OpenInvoice(
             inv.add_index,
-            float(expires_at),
+            float(convert.invoice_expires_at(inv)),
             inv.value_msat,
             inv.creation_date,
             inv.expiry,
@@ -256,16 +189,16 @@ class ExpiryTracker:
             is_keysend=inv.is_keysend,
             private=inv.private,
         )
-        self._open[key] = entry.pack()
+        slot = tracked.add(key, entry)
         adds = self._adds
         if not adds or entry.add_index >= adds[-1]:
             adds.append(entry.add_index)
-            self._add_hashes.append(key)
+            self._add_slots.append(slot)
         else:
             at = bisect.bisect_right(adds, entry.add_index)
             adds.insert(at, entry.add_index)
-            self._add_hashes.insert(at, key)
-        self._schedule(key, entry.due)
+            self._add_slots.insert(at, slot)
+        self._schedule(slot, entry.due)
         if entry.hold:
             self._to_follow.add(key)
             if self._wake is not None:
@@ -274,28 +207,27 @@ class ExpiryTracker:
     def forget(self, payment_hash: str) -> None:
         """Stop tracking (its end has been journaled)."""
         key = bytes.fromhex(payment_hash)
-        if self._open.pop(key, None) is not None:
+        if self._open.remove(key):
             self._to_follow.discard(key)
             self._gone.discard(key)
             # Timers and add indexes drop closed invoices lazily; rebuild them before
-            # the stale entries of a long burst of settlements pile up.
+            # the stale entries of a long burst of settlements pile up, and the open set
+            # once it is far larger than what it holds.
             limit = 4 * len(self._open) + 4096
-            if self._timer_refs > limit or len(self._add_hashes) > limit:
+            if self._timer_refs > limit or len(self._add_slots) > limit or self._open.wasteful():
                 self._compact()
 
     def _compact(self) -> None:
-        # A dict keeps the table it grew to for a burst however many entries remain: a
-        # copy is sized for what is left.
-        self._open = dict(self._open)
-        entries = sorted((*_HEAD.unpack_from(data), key) for key, data in self._open.items())
+        tracked = self._open = self._open.rebuilt()
+        entries = sorted((*tracked.head(slot), slot) for slot in tracked.slots())
         self._adds = array("q", [add_index for add_index, _, _ in entries])
-        self._add_hashes = [key for _, _, key in entries]
+        self._add_slots = array("i", [slot for _, _, slot in entries])
         # Rebuilt in place: the timer loop may hold a reference to them.
         self._due.clear()
         self._seconds.clear()
         self._timer_refs = 0
-        for _, due, key in entries:
-            self._schedule(key, due, wake=False)
+        for _, due, slot in entries:
+            self._schedule(slot, due, wake=False)
         self._next_due = float(self._seconds[0]) if self._seconds else float("inf")
 
     def note_canceled(self, events: Iterable[Event]) -> None:
@@ -307,29 +239,28 @@ class ExpiryTracker:
         """``invoices.open_floor``: the lowest add index still tracked, else the next
         add index. Computed before closed invoices are forgotten, so it may lag one
         batch behind but is never too high."""
-        adds, hashes, tracked = self._adds, self._add_hashes, self._open
+        adds, slots, head = self._adds, self._add_slots, self._open.head
         passed = 0
-        for add_index, key in zip(adds, hashes, strict=True):
-            data = tracked.get(key)
-            if data is not None and _HEAD.unpack_from(data)[0] == add_index:
+        for add_index, slot in zip(adds, slots, strict=True):
+            if head(slot)[0] == add_index:
                 break
             passed += 1
         if passed:
             del adds[:passed]
-            del hashes[:passed]
+            del slots[:passed]
         return adds[0] if adds else self.add_index + 1
 
     def positions(self) -> dict[str, int]:
         """The invoice positions to store with an append."""
         return {ADD_INDEX: self.add_index, SETTLE_INDEX: self.settle_index, OPEN_FLOOR: self.floor()}
 
-    def _schedule(self, key: bytes, due: float, *, wake: bool = True) -> None:
+    def _schedule(self, slot: int, due: float, *, wake: bool = True) -> None:
         second = math.ceil(due)
-        keys = self._due.get(second)
-        if keys is None:
-            keys = self._due[second] = []
+        slots = self._due.get(second)
+        if slots is None:
+            slots = self._due[second] = array("i")
             heapq.heappush(self._seconds, second)
-        keys.append(key)
+        slots.append(slot)
         self._timer_refs += 1
         if wake and second < self._next_due:
             self._next_due = second
@@ -346,9 +277,7 @@ class ExpiryTracker:
         # Followers of an earlier connection are gone (even those cancelled before
         # they ran): follow every hold invoice again.
         self._following = 0
-        for key, data in self._open.items():
-            if data[_FLAGS_AT] & _HOLD:
-                self._to_follow.add(key)
+        self._to_follow.update(self._hold_keys())
         for key in self._to_follow:
             entry = self._get(key)
             if entry is not None:
@@ -367,25 +296,46 @@ class ExpiryTracker:
             if self._to_follow:
                 self._start_followers(stubs, tg)
             now = self._clock()
-            due: dict[bytes, None] = {}
-            seconds = self._seconds
-            while seconds and seconds[0] <= now:
-                keys = self._due.pop(heapq.heappop(seconds))
-                self._timer_refs -= len(keys)
-                for key in keys:
-                    # Closed, or rescheduled to a later second.
-                    data = self._open.get(key)
-                    if data is not None and _HEAD.unpack_from(data)[1] <= now:
-                        due[key] = None
-            self._next_due = float(seconds[0]) if seconds else float("inf")
+            due = self._pop_due(now)
             if due:
-                await self._check(stubs, list(due), limiter)
+                await self._check(stubs, due, limiter)
                 continue
             assert self._wake is not None
             delay = max(0.0, self._next_due - now)
             with anyio.move_on_after(min(delay, 3600.0)):
                 await self._wake.wait()
             self._wake = anyio.Event()
+
+    # The open set is replaced when it compacts: the helpers below read it without
+    # keeping a reference across an await, which would hold a replaced set in memory.
+
+    def _hold_keys(self) -> list[bytes]:
+        tracked = self._open
+        return [tracked.key(slot) for slot in tracked.slots() if tracked.flags(slot) & HOLD]
+
+    def _pop_due(self, now: float) -> list[bytes]:
+        """The hashes of open invoices whose timers have fired by ``now``."""
+        due: dict[bytes, None] = {}
+        seconds, tracked = self._seconds, self._open
+        while seconds and seconds[0] <= now:
+            slots = self._due.pop(heapq.heappop(seconds))
+            self._timer_refs -= len(slots)
+            for slot in slots:
+                # Closed, or rescheduled to a later second.
+                add_index, due_at = tracked.head(slot)
+                if add_index and due_at <= now:
+                    due[tracked.key(slot)] = None
+        self._next_due = float(seconds[0]) if seconds else float("inf")
+        return list(due)
+
+    def _not_pending(self, pending: set[bytes], reached: int) -> set[bytes]:
+        """The open invoices up to add index ``reached`` that are not in ``pending``."""
+        tracked = self._open
+        gone = set()
+        for slot in tracked.slots():
+            if tracked.head(slot)[0] <= reached and (key := tracked.key(slot)) not in pending:
+                gone.add(key)
+        return gone
 
     async def _lookup(self, stubs: Any, r_hash: bytes) -> Any | None:
         """The invoice as LND has it now, or None when LND no longer has it (deleted,
@@ -425,7 +375,7 @@ class ExpiryTracker:
                 continue
             if inv is None:
                 # Gone from LND: canceled (and deleted) or expired.
-                events.append(entry.ended(key, now))
+                events.append(_ended(entry, key, now))
                 closed.append(key.hex())
                 continue
             state = inv.state
@@ -449,8 +399,9 @@ class ExpiryTracker:
                 else:
                     entry.due = now + _RECHECK_DELAYS[min(entry.attempts, len(_RECHECK_DELAYS) - 1)]
                     entry.attempts += 1
-            self._put(key, entry)
-            self._schedule(key, entry.due)
+            slot = self._open.slot(key)
+            self._open.update(slot, entry)
+            self._schedule(slot, entry.due)
         if events:
             positions = {OPEN_FLOOR: self.floor()}
             await self.journal.append(events, positions)
@@ -498,7 +449,8 @@ class ExpiryTracker:
                     # Its creation is journaled: the reader has passed its add index.
                     self.track(inv)
                     entry = self._get(key)
-                    assert entry is not None
+                    if entry is None:  # a malformed hash, not trackable
+                        continue
                     if inv.state == convert.ACCEPTED:
                         entry.state = convert.OPEN  # so the ACCEPTED branch below journals it
                 if inv.state == convert.ACCEPTED and entry.state != convert.ACCEPTED:
@@ -514,11 +466,7 @@ class ExpiryTracker:
         # the reader may just be behind), canceled or expired. Only those missing in
         # two sweeps in a row are looked up, at most _SWEEP_LOOKUPS per sweep, so a
         # burst of settlements does not turn into a burst of lookups.
-        gone = {
-            key
-            for key, data in self._open.items()
-            if key not in pending and _HEAD.unpack_from(data)[0] <= reached
-        }
+        gone = self._not_pending(pending, reached)
         suspects = [h for h in gone if h in self._gone][:_SWEEP_LOOKUPS]
         self._gone = gone
         if suspects:

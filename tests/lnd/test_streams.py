@@ -465,6 +465,31 @@ async def test_many_open_invoices_cost_little_memory_each(sim: SimnetProcess, tm
         tracemalloc.stop()
 
 
+async def test_the_room_of_a_burst_of_open_invoices_is_given_back(sim: SimnetProcess, tmp_path: Path) -> None:
+    """Once a burst's invoices are settled, the open set shrinks back to what is still
+    open, and nothing (a timer loop, a sweep) keeps the burst-sized arrays alive."""
+    tracemalloc.start(1)
+    try:
+        async with daemon(sim, tmp_path / "db.sqlite", invoice_sweep_interval=0.5) as d:
+            before = len(d.tracker)
+            gc.collect()
+            start = tracemalloc.take_snapshot()
+            settled = len([e for e in await d.events() if isinstance(e, ev.InvoiceSettled)])
+            await d.control.burst_settle(3000)
+            await d.wait_events(ev.InvoiceSettled, settled + 3000, within=60)
+            await d.wait_for(lambda: len(d.tracker) == before, within=30)
+            await anyio.sleep(1.2)  # a sweep or two
+            gc.collect()
+            kept = sum(
+                stat.size_diff
+                for stat in tracemalloc.take_snapshot().compare_to(start, "filename")
+                if stat.traceback[0].filename.endswith(("lnd/expiry.py", "lnd/openset.py"))
+            )
+            assert kept < 20_000, kept
+    finally:
+        tracemalloc.stop()
+
+
 async def test_invoice_ends_while_daemon_down_are_journaled_once(sim: SimnetProcess, tmp_path: Path) -> None:
     db = tmp_path / "db.sqlite"
     async with daemon(sim, db) as d:
