@@ -3,12 +3,13 @@
 LND's invoice stream reports additions and settlements only; it cancels expired
 invoices silently and says nothing of cancellations. ``ExpiryTracker`` keeps every
 open invoice in memory (about 110 bytes each plus its memo, in the flat arrays of
-``OpenSet``) with a timer at its expiry time; when one is due it asks LND (``LookupInvoice``) and journals what happened:
-``InvoiceExpired``, ``InvoiceSettled`` or ``InvoiceCanceled`` (from what the tracker
-kept of the invoice, if LND has deleted it). A periodic sweep of
-``ListInvoices(pending_only)`` catches what the timers cannot (cancellations before
-expiry, anything missed), journals ``InvoiceAccepted`` for hold invoices whose HTLCs
-are locked in, and hold invoices are followed with ``SubscribeSingleInvoice``.
+``OpenSet``) with a timer at its expiry time; when one is due it asks LND
+(``LookupInvoice``) and journals what happened: ``InvoiceExpired``,
+``InvoiceSettled`` or ``InvoiceCanceled`` (from what the tracker kept of the
+invoice, if LND has deleted it). A periodic sweep of ``ListInvoices(pending_only)``
+catches what the timers cannot (cancellations before expiry, anything missed),
+journals ``InvoiceAccepted`` for hold invoices whose HTLCs are locked in, and hold
+invoices are followed with ``SubscribeSingleInvoice``.
 
 The tracker also holds the invoice reader's resume state (``add_index``,
 ``settle_index``) and the ``invoices.open_floor`` position: the lowest add index that
