@@ -86,7 +86,7 @@ class OpenSet:
         return self._live
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, bytes | bytearray) and self._find(key) >= 0
+        return isinstance(key, bytes | bytearray) and self.slot(key) >= 0
 
     @property
     def capacity(self) -> int:
@@ -95,8 +95,8 @@ class OpenSet:
 
     # ------------------------------------------------------------ lookups
 
-    def _find(self, key: bytes | bytearray) -> int:
-        """The slot of ``key``, or -1."""
+    def _probe(self, key: bytes | bytearray) -> int:
+        """The table position holding ``key``'s slot, or -1."""
         if len(key) != KEY_SIZE:
             return -1
         table, keys = self._table, self._keys
@@ -109,12 +109,13 @@ class OpenSet:
             if slot >= 0:
                 at = slot * KEY_SIZE
                 if keys[at : at + KEY_SIZE] == key:
-                    return slot
+                    return i
             i = (i + 1) & mask
 
-    def slot(self, key: bytes) -> int:
+    def slot(self, key: bytes | bytearray) -> int:
         """The slot of ``key``, or -1 when it is not open."""
-        return self._find(key)
+        i = self._probe(key)
+        return -1 if i < 0 else self._table[i]
 
     def key(self, slot: int) -> bytes:
         at = slot * KEY_SIZE
@@ -128,7 +129,7 @@ class OpenSet:
         return self._records[slot * _RECORD.size + _FLAGS_AT]
 
     def get(self, key: bytes) -> OpenInvoice | None:
-        slot = self._find(key)
+        slot = self.slot(key)
         return None if slot < 0 else self.at(slot)
 
     def at(self, slot: int) -> OpenInvoice:
@@ -213,21 +214,11 @@ class OpenSet:
 
     def remove(self, key: bytes) -> bool:
         """Drop ``key``; False when it was not in the set."""
-        if len(key) != KEY_SIZE:
+        i = self._probe(key)
+        if i < 0:
             return False
-        table, keys = self._table, self._keys
-        mask = len(table) - 1
-        i = hash(bytes(key)) & mask
-        while True:
-            slot = table[i]
-            if slot == _EMPTY:
-                return False
-            if slot >= 0:
-                at = slot * KEY_SIZE
-                if keys[at : at + KEY_SIZE] == key:
-                    break
-            i = (i + 1) & mask
-        table[i] = _DELETED
+        slot = self._table[i]
+        self._table[i] = _DELETED
         record_at = slot * _RECORD.size
         self._memo_dead += _RECORD.unpack_from(self._records, record_at)[9]
         self._records[record_at : record_at + _RECORD.size] = bytes(_RECORD.size)
