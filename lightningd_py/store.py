@@ -39,6 +39,11 @@ READERS = 3
 # transaction start the WAL over (the file stays within about WAL_PAGES pages).
 CHECKPOINT_DELAY = 0.25
 WAL_PAGES = 4000
+# The writer's page cache (KiB). A burst writes into tables keyed by payment hash, so
+# each commit touches pages all over them: with sqlite's default 2 MiB, most of those
+# pages are read back from the file on every commit. The cache is given back once a
+# burst is over (``release_memory``).
+WRITER_CACHE_KIB = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,7 @@ class Store:
             self._readers = [self._connect(readonly=True) for _ in range(READERS)]
             self._checkpointer = self._connect()
             self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            self._writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
 
@@ -129,6 +135,10 @@ class Store:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
+        # Savepoints and statements keep the pages they change in a sub-journal, which
+        # sqlite otherwise writes to a temporary file: every unit the writer runs is a
+        # savepoint, so in a burst that file took as many writes as the WAL itself.
+        conn.execute("PRAGMA temp_store=MEMORY")
         if readonly:
             conn.execute("PRAGMA query_only=ON")
         return conn
@@ -338,7 +348,8 @@ class Store:
         """Give back every connection's page cache (``PRAGMA shrink_memory``).
 
         Pages a burst or a long read brought in stay cached per connection (up to
-        sqlite's default 2 MiB each) until released; an idle daemon does not need them.
+        ``WRITER_CACHE_KIB`` for the writer, sqlite's default 2 MiB for the others)
+        until released; an idle daemon does not need them.
         """
         if self._writer is not None:
             async with self._writing:
