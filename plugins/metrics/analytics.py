@@ -431,6 +431,7 @@ def channel_series(
 
 
 HISTORY_COLUMNS = (
+    "id",
     "kind",
     "key",
     "status",
@@ -453,19 +454,19 @@ def history_page(
     kinds: Sequence[str],
     statuses: Sequence[str],
     chan_id: int | None,
-    after: tuple[float, str, str] | None,
+    after: tuple[float, str, int] | None,
     limit: int,
     ascending: bool = False,
 ) -> list[dict[str, Any]]:
     """One page of the transaction history, newest first (or oldest first), keyset
-    paginated on (time, kind, key): ``after`` is the last row of the previous page."""
+    paginated on (time, kind, id): ``after`` is the last row of the previous page."""
     op, order = (">", "ASC") if ascending else ("<", "DESC")
     where: list[str] = []
     params: list[Any] = []
     if after is not None:
         # First, so sqlite seeks the index to the cursor instead of scanning from the
         # window's start past every row with the cursor's timestamp.
-        where.append(f"(time, kind, key) {op} (?, ?, ?)")
+        where.append(f"(time, kind, id) {op} (?, ?, ?)")
         params.extend(after)
     where += ["time >= ?", "time < ?"]
     params += [start, end]
@@ -480,7 +481,7 @@ def history_page(
         params.extend((chan_id, chan_id))
     sql = (
         f"SELECT {', '.join(HISTORY_COLUMNS)} FROM metrics_tx WHERE {' AND '.join(where)} "
-        f"ORDER BY time {order}, kind {order}, key {order} LIMIT ?"
+        f"ORDER BY time {order}, kind {order}, id {order} LIMIT ?"
     )
     params.append(limit)
     return [dict(row) for row in conn.execute(sql, params)]

@@ -128,7 +128,7 @@ async def stream_export(store: StoreHandle, request: ApiRequest, fmt: str) -> we
             await response.write(buf.getvalue().encode())
         first = False
         last = rows[-1]
-        after = (last["time"], last["kind"], last["key"])
+        after = (last["time"], last["kind"], last["id"])
         if len(rows) < EXPORT_PAGE:
             break
     if fmt == "json":

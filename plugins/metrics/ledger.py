@@ -159,6 +159,45 @@ MIGRATIONS = [
             WHERE payment_hash != '' AND kind != 'invoice';
         """,
     ),
+    # Rows get an id in the order they are first written, and the time indexes break
+    # ties on it instead of on the key. Keys are payment hashes and the like: random, so
+    # a burst of rows with the same second (or the same creation time) landed all over
+    # each time index, and every commit rewrote a page of it per row. Now a burst
+    # appends to the time indexes, and only the (kind, key) index is written at random.
+    Migration(
+        5,
+        """
+        CREATE TABLE metrics_tx_v5 (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            status TEXT NOT NULL,
+            rank INTEGER NOT NULL,
+            time REAL NOT NULL,
+            created REAL NOT NULL,
+            amount_msat INTEGER NOT NULL,
+            fee_msat INTEGER NOT NULL,
+            chan_in INTEGER NOT NULL,
+            chan_out INTEGER NOT NULL,
+            payment_hash TEXT NOT NULL,
+            description TEXT NOT NULL,
+            event_id INTEGER NOT NULL,
+            UNIQUE (kind, key)
+        );
+        INSERT INTO metrics_tx_v5 (kind, key, status, rank, time, created, amount_msat, fee_msat,
+                                   chan_in, chan_out, payment_hash, description, event_id)
+            SELECT kind, key, status, rank, time, created, amount_msat, fee_msat,
+                   chan_in, chan_out, payment_hash, description, event_id
+            FROM metrics_tx ORDER BY event_id;
+        DROP TABLE metrics_tx;
+        ALTER TABLE metrics_tx_v5 RENAME TO metrics_tx;
+        CREATE INDEX metrics_tx_time ON metrics_tx (time, kind, id, status, amount_msat, fee_msat);
+        CREATE INDEX metrics_tx_kind_time ON metrics_tx (kind, time);
+        CREATE INDEX metrics_tx_kind_created ON metrics_tx (kind, created);
+        CREATE INDEX metrics_tx_hash ON metrics_tx (payment_hash)
+            WHERE payment_hash != '' AND kind != 'invoice';
+        """,
+    ),
 ]
 
 # Later states win over earlier ones; a replayed "created" never downgrades a settled row.
@@ -171,7 +210,11 @@ _SELECT_TX = (
     "FROM json_each(?) AS j CROSS JOIN metrics_tx AS t ON t.kind = ? AND t.key = j.value"
 )
 
-_INSERT_TX = "INSERT INTO metrics_tx VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_TX = (
+    "INSERT INTO metrics_tx (kind, key, status, rank, time, created, amount_msat, fee_msat, "
+    "chan_in, chan_out, payment_hash, description, event_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 # A row's later state is an UPDATE of the columns that change: sqlite then rewrites only
 # the indexes on those columns (a REPLACE deletes and re-inserts every index entry).

@@ -216,14 +216,14 @@ class ReportQuery(_Query):
         )
 
 
-def encode_cursor(row: tuple[float, str, str]) -> str:
+def encode_cursor(row: tuple[float, str, int]) -> str:
     """An opaque cursor for the row after which the next page starts."""
     return (
         base64.urlsafe_b64encode(json.dumps(list(row), separators=(",", ":")).encode()).decode().rstrip("=")
     )
 
 
-def decode_cursor(text: str) -> tuple[float, str, str]:
+def decode_cursor(text: str) -> tuple[float, str, int]:
     """The row a cursor names. :raises ValueError: when it is not one of ours."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
@@ -235,7 +235,8 @@ def decode_cursor(text: str) -> tuple[float, str, str]:
         or len(value) != 3
         or not isinstance(value[0], int | float)
         or not isinstance(value[1], str)
-        or not isinstance(value[2], str)
+        or not isinstance(value[2], int)
+        or isinstance(value[2], bool)
     ):
         raise ValueError("not a cursor returned by this endpoint")
     return float(value[0]), value[1], value[2]

@@ -370,7 +370,7 @@ class _Analytics:
         )
         more = len(rows) > query.limit
         rows = rows[: query.limit]
-        next_cursor = encode_cursor((rows[-1]["time"], rows[-1]["kind"], rows[-1]["key"])) if more else None
+        next_cursor = encode_cursor((rows[-1]["time"], rows[-1]["kind"], rows[-1]["id"])) if more else None
         return {"items": [history_item(r) for r in rows], "next_cursor": next_cursor}
 
     async def report(self, request: ApiRequest) -> dict[str, Any]:

@@ -3,11 +3,14 @@ every windowed statistic over a scripted day whose figures are known."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 
+import anyio
+import lightningd_py.plugins.metrics as metrics_plugin
 import pytest
 from lightningd_py.plugins.metrics import analytics
-from lightningd_py.plugins.metrics.ledger import Ledger
+from lightningd_py.plugins.metrics.ledger import Ledger, tx_row
 from lightningd_py.plugins.metrics.snapshot import ChannelState, NodeSnapshot
 
 from lightningd_py.events import (
@@ -22,6 +25,7 @@ from lightningd_py.events import (
     RebalanceFailed,
     RebalanceSucceeded,
 )
+from lightningd_py.store import Store
 
 pytestmark = pytest.mark.anyio
 
@@ -324,7 +328,7 @@ async def test_history_pages_cover_everything_once_in_order(metrics_store) -> No
             seen.extend(page)
             if len(page) < 4:
                 break
-            after = (page[-1]["time"], page[-1]["kind"], page[-1]["key"])
+            after = (page[-1]["time"], page[-1]["kind"], page[-1]["id"])
         forwards_c = await store.read(
             lambda c: analytics.history_page(
                 c,
@@ -361,3 +365,66 @@ async def test_breakdown_buckets_the_day_by_hour(metrics_store) -> None:
     assert (noon["payments_succeeded"], noon["payments_failed"], noon["sent_msat"]) == (1, 1, 1_000_000)
     assert (noon["forwards_settled"], noon["fees_earned_msat"], noon["net_fees_msat"]) == (2, 1_500, 300)
     assert sum(b["forwards_settled"] for b in buckets) == 2
+
+
+async def test_rows_written_before_ids_keep_their_state_and_take_ids_in_event_order(tmp_path) -> None:
+    # A database as the plugin left it before its rows had ids (schema version 4).
+    path = tmp_path / "ldp.sqlite3"
+    store = Store(path)
+    store.open()
+    store.migrate("metrics", metrics_plugin.ldp_migrations()[:4])
+    day = scripted_day()
+    rows = [row for row in (tx_row(event) for event in day) if row is not None]
+    latest = {(row.kind, row.key): row for row in sorted(rows, key=lambda row: (row.rank, row.event_id))}
+    conn = sqlite3.connect(path)
+    conn.executemany(
+        "INSERT INTO metrics_tx VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [row.params() for row in latest.values()],
+    )
+    conn.commit()
+    conn.close()
+    assert store.migrate("metrics", metrics_plugin.ldp_migrations()) == [5]
+
+    handle = store.handle("metrics")
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        stored = await handle.fetchall("SELECT id, kind, key, status, event_id FROM metrics_tx ORDER BY id")
+        assert [r["event_id"] for r in stored] == sorted(row.event_id for row in latest.values())
+        assert {(r["kind"], r["key"], r["status"]) for r in stored} == {
+            (row.kind, row.key, row.status) for row in latest.values()
+        }
+        # The ledger goes on from there: a replayed day changes nothing, a new state
+        # updates its row in place, a new transaction takes the next id.
+        ledger = Ledger(handle)
+        await ledger.record_run(day)
+        await ledger.record(
+            InvoiceCreated(
+                id=100, time=T0 + 7200, payment_hash="h9", value_msat=1, creation_date=int(T0 + 7200)
+            )
+        )
+        await ledger.record(
+            InvoiceSettled(
+                id=101,
+                time=T0 + 7300,
+                payment_hash="h2",
+                value_msat=250_000,
+                amt_paid_msat=250_000,
+                creation_date=int(T0 + 10),
+                settle_date=int(T0 + 7300),
+            )
+        )
+        await handle.flush()
+        after = await handle.fetchall("SELECT id, kind, key, status FROM metrics_tx ORDER BY id")
+        assert [tuple(r) for r in after[: len(stored)]] == [
+            (r["id"], r["kind"], r["key"], "settled" if r["key"] == "h2" else r["status"]) for r in stored
+        ]
+        assert tuple(after[-1]) == (stored[-1]["id"] + 1, "invoice", "h9", "open")
+        indexes = await handle.fetchall("SELECT name FROM sqlite_master WHERE tbl_name = 'metrics_tx'")
+        assert {r[0] for r in indexes} >= {
+            "metrics_tx_time",
+            "metrics_tx_kind_time",
+            "metrics_tx_kind_created",
+            "metrics_tx_hash",
+        }
+        tg.cancel_scope.cancel()
+    await store.close()

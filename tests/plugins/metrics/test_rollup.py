@@ -175,7 +175,10 @@ def tables(path: Path) -> dict[str, list[tuple]]:
     conn = sqlite3.connect(path)
     try:
         return {
-            "tx": conn.execute("SELECT * FROM metrics_tx ORDER BY kind, key").fetchall(),
+            "tx": conn.execute(
+                "SELECT kind, key, status, rank, time, created, amount_msat, fee_msat, chan_in, "
+                "chan_out, payment_hash, description, event_id FROM metrics_tx ORDER BY kind, key"
+            ).fetchall(),
             "hourly": conn.execute(
                 "SELECT * FROM metrics_tx_hourly WHERE count != 0 ORDER BY hour, kind, status"
             ).fetchall(),
