@@ -118,11 +118,66 @@ CREATE TABLE invoice_tracker_history (
 """
 
 
+# Invoices get an id in the order they are first written; the creation-time index breaks
+# ties on it, and an invoice's history is keyed by it. Both were keyed by the payment
+# hash, which is random: a burst of invoices created in the same second landed all over
+# the creation index, and their history rows all over the history table, so each commit
+# rewrote a page of both per invoice. Now a burst appends to them, and only the hash's
+# own unique index is written at random. The ids of existing rows are their rowids.
+_SCHEMA_V2 = """
+CREATE TABLE invoice_tracker_invoices_v2 (
+    id              INTEGER PRIMARY KEY,
+    payment_hash    TEXT NOT NULL UNIQUE,
+    payment_request TEXT NOT NULL DEFAULT '',
+    memo            TEXT NOT NULL DEFAULT '',
+    value_msat      INTEGER NOT NULL DEFAULT 0,
+    amt_paid_msat   INTEGER NOT NULL DEFAULT 0,
+    status          TEXT NOT NULL,
+    created_at      INTEGER NOT NULL DEFAULT 0,
+    expires_at      INTEGER NOT NULL DEFAULT 0,
+    settled_at      INTEGER NOT NULL DEFAULT 0,
+    preimage        TEXT NOT NULL DEFAULT '',
+    add_index       INTEGER NOT NULL DEFAULT 0,
+    settle_index    INTEGER NOT NULL DEFAULT 0,
+    is_keysend      INTEGER NOT NULL DEFAULT 0,
+    private         INTEGER NOT NULL DEFAULT 0,
+    fiat_currency   TEXT,
+    fiat_amount     TEXT,
+    exchange_rate   TEXT,
+    metadata        TEXT,
+    last_event_id   INTEGER NOT NULL DEFAULT 0,
+    updated_at      REAL NOT NULL DEFAULT 0
+);
+INSERT INTO invoice_tracker_invoices_v2
+    SELECT rowid, payment_hash, payment_request, memo, value_msat, amt_paid_msat, status,
+           created_at, expires_at, settled_at, preimage, add_index, settle_index, is_keysend,
+           private, fiat_currency, fiat_amount, exchange_rate, metadata, last_event_id, updated_at
+    FROM invoice_tracker_invoices ORDER BY rowid;
+CREATE TABLE invoice_tracker_history_v2 (
+    invoice_id    INTEGER NOT NULL,
+    event_id      INTEGER NOT NULL,
+    status        TEXT NOT NULL,
+    time          REAL NOT NULL,
+    amt_paid_msat INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (invoice_id, event_id)
+) WITHOUT ROWID;
+INSERT INTO invoice_tracker_history_v2
+    SELECT i.id, h.event_id, h.status, h.time, h.amt_paid_msat
+    FROM invoice_tracker_history AS h JOIN invoice_tracker_invoices_v2 AS i USING (payment_hash);
+DROP TABLE invoice_tracker_history;
+DROP TABLE invoice_tracker_invoices;
+ALTER TABLE invoice_tracker_invoices_v2 RENAME TO invoice_tracker_invoices;
+ALTER TABLE invoice_tracker_history_v2 RENAME TO invoice_tracker_history;
+CREATE INDEX invoice_tracker_invoices_created ON invoice_tracker_invoices (created_at);
+CREATE INDEX invoice_tracker_invoices_status ON invoice_tracker_invoices (status, created_at);
+"""
+
+
 def migrations() -> list[Migration]:
     """The tracker's migrations (see ``ldp_migrations``)."""
     from lightningd_py.store import Migration
 
-    return [Migration(version=1, sql=_SCHEMA_V1)]
+    return [Migration(version=1, sql=_SCHEMA_V1), Migration(version=2, sql=_SCHEMA_V2)]
 
 
 def status_of_event(event: InvoiceEvent) -> InvoiceStatus:
@@ -159,9 +214,10 @@ ON CONFLICT (payment_hash) DO UPDATE SET
     updated_at = excluded.updated_at
 """
 
+# Written after the invoice's own upsert, so its row (and id) is there to look up.
 _INSERT_HISTORY = """
-INSERT OR IGNORE INTO invoice_tracker_history (payment_hash, event_id, status, time, amt_paid_msat)
-VALUES (?, ?, ?, ?, ?)
+INSERT OR IGNORE INTO invoice_tracker_history (invoice_id, event_id, status, time, amt_paid_msat)
+VALUES ((SELECT id FROM invoice_tracker_invoices WHERE payment_hash = ?), ?, ?, ?, ?)
 """
 
 
@@ -450,26 +506,26 @@ def _select_many(conn: sqlite3.Connection, hashes: list[str]) -> list[Any]:
 async def invoice_history(store: Store, payment_hash: str) -> list[dict[str, Any]]:
     """The invoice's state changes, oldest first."""
     rows = await store.fetchall(
-        "SELECT event_id, status, time, amt_paid_msat FROM invoice_tracker_history "
-        "WHERE payment_hash = ? ORDER BY event_id",
+        "SELECT h.event_id, h.status, h.time, h.amt_paid_msat FROM invoice_tracker_invoices AS i "
+        "JOIN invoice_tracker_history AS h ON h.invoice_id = i.id WHERE i.payment_hash = ? "
+        "ORDER BY h.event_id",
         (payment_hash,),
     )
     return [{"event_id": r[0], "status": r[1], "time": r[2], "amount_paid_msat": r[3]} for r in rows]
 
 
-def encode_cursor(created_at: int, payment_hash: str) -> str:
-    """An opaque pagination cursor pointing just past an invoice."""
-    return base64.urlsafe_b64encode(f"{created_at}:{payment_hash}".encode()).decode().rstrip("=")
+def encode_cursor(created_at: int, invoice_id: int) -> str:
+    """An opaque pagination cursor pointing just past an invoice (its creation time and
+    its row's id)."""
+    return base64.urlsafe_b64encode(f"{created_at}:{invoice_id}".encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[int, str]:
+def decode_cursor(cursor: str) -> tuple[int, int]:
     """Read a cursor made by :func:`encode_cursor`; ValueError when it is not one."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, payment_hash = raw.partition(":")
-        if not payment_hash:
-            raise ValueError("no payment hash")
-        return int(created), payment_hash
+        created, _, invoice_id = raw.partition(":")
+        return int(created), int(invoice_id)
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise ValueError("not a cursor returned by this API") from exc
 
@@ -510,18 +566,18 @@ async def list_invoices(
         where.append("created_at < ?")
         params.append(created_before)
     if cursor is not None:
-        c_created, c_hash = decode_cursor(cursor)
-        where.append("(created_at < ? OR (created_at = ? AND payment_hash < ?))")
-        params.extend((c_created, c_created, c_hash))
-    sql = f"SELECT {_COLUMNS} FROM invoice_tracker_invoices"
+        c_created, c_id = decode_cursor(cursor)
+        where.append("(created_at, id) < (?, ?)")
+        params.extend((c_created, c_id))
+    sql = f"SELECT {_COLUMNS}, id FROM invoice_tracker_invoices"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY created_at DESC, payment_hash DESC LIMIT ?"
+    sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
     params.append(limit + 1)
     rows = await store.fetchall(sql, tuple(params))
-    invoices = [row_to_invoice(r, now) for r in rows[:limit]]
+    invoices = [row_to_invoice(r[:-1], now) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
-        last = invoices[-1]
-        next_cursor = encode_cursor(last["created_at"], last["payment_hash"])
+        last = rows[limit - 1]
+        next_cursor = encode_cursor(last["created_at"], last["id"])
     return invoices, next_cursor

@@ -4,6 +4,7 @@ either order, history, redelivery, listing and cursors."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -236,7 +237,8 @@ async def test_a_run_leaves_what_its_events_one_by_one_leave(tmp_path: Path) -> 
                 [tuple(r) for r in await handle.fetchall(sql)]
                 for sql in (
                     "SELECT * FROM invoice_tracker_invoices ORDER BY payment_hash",
-                    "SELECT * FROM invoice_tracker_history ORDER BY payment_hash, event_id",
+                    "SELECT i.payment_hash, h.* FROM invoice_tracker_history AS h "
+                    "JOIN invoice_tracker_invoices AS i ON i.id = h.invoice_id ORDER BY 1, h.event_id",
                 )
             ]
             tg.cancel_scope.cancel()
@@ -250,3 +252,51 @@ async def test_a_run_leaves_what_its_events_one_by_one_leave(tmp_path: Path) -> 
     runs = [events[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
     assert await tables(runs, "runs") == one_by_one
     assert await tables([events], "whole") == one_by_one
+
+
+async def test_invoices_recorded_before_ids_keep_their_rows_and_history(tmp_path: Path) -> None:
+    # A database as the tracker left it when rows and history were keyed by payment hash.
+    path = tmp_path / "db.sqlite"
+    backend = Store(path)
+    backend.open()
+    backend.migrate("invoice_tracker", records.migrations()[:1])
+    base = int(time.time())
+    hashes = [f"{i:064x}" for i in (5, 3, 9, 1)]  # not in hash order
+    conn = sqlite3.connect(path)
+    conn.executemany(
+        "INSERT INTO invoice_tracker_invoices (payment_hash, memo, value_msat, status, created_at) "
+        "VALUES (?, ?, 1000, 'pending', ?)",
+        [(h, f"memo {i}", base) for i, h in enumerate(hashes)],
+    )
+    conn.executemany(
+        "INSERT INTO invoice_tracker_history (payment_hash, event_id, status, time) "
+        "VALUES (?, ?, 'pending', ?)",
+        [(h, i + 1, base) for i, h in enumerate(hashes)],
+    )
+    conn.commit()
+    conn.close()
+    assert backend.migrate("invoice_tracker", records.migrations()) == [2]
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.run)
+        store = backend.handle("invoice_tracker")
+        rows = await store.fetchall("SELECT id, payment_hash, memo FROM invoice_tracker_invoices ORDER BY id")
+        assert [tuple(r) for r in rows] == [(i + 1, h, f"memo {i}") for i, h in enumerate(hashes)]
+        assert [e["event_id"] for e in await records.invoice_history(store, hashes[2])] == [3]
+        # The tracker goes on from there; a new invoice of the same second comes first.
+        await apply(
+            store,
+            created("ff" * 32, 10, creation_date=base),
+            InvoiceSettled(id=11, payment_hash=hashes[1], amt_paid_msat=1000),
+        )
+        assert [e["status"] for e in await records.invoice_history(store, hashes[1])] == ["pending", "paid"]
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page, cursor = await records.list_invoices(store, limit=2, cursor=cursor)
+            seen += [i["payment_hash"] for i in page]
+            if cursor is None:
+                break
+        assert seen == ["ff" * 32, *hashes[::-1]]
+        tg.cancel_scope.cancel()
+    await backend.close()
