@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 from lightningd_py.events import (
     ChannelClosed,
@@ -267,9 +267,9 @@ class Total:
     last_event_id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class TxRow:
-    """One ``metrics_tx`` row as written for an event."""
+class TxRow(NamedTuple):
+    """One ``metrics_tx`` row as written for an event, in the table's column order (a
+    tuple: one is made per event, and a frozen dataclass cost several times more)."""
 
     kind: str
     key: str
@@ -284,23 +284,6 @@ class TxRow:
     payment_hash: str
     description: str
     event_id: int
-
-    def params(self) -> tuple[object, ...]:
-        return (
-            self.kind,
-            self.key,
-            self.status,
-            self.rank,
-            self.time,
-            self.created,
-            self.amount_msat,
-            self.fee_msat,
-            self.chan_in,
-            self.chan_out,
-            self.payment_hash,
-            self.description,
-            self.event_id,
-        )
 
 
 def _status(event: Event) -> str:
@@ -402,7 +385,7 @@ def _supersedes(new: TxRow, old: TxRow) -> bool:
 def _succeed(new: TxRow, old: TxRow) -> TxRow:
     """``new`` as it is stored over ``old``: the first sighting's creation time stays,
     and an empty description keeps the one known before."""
-    return replace(new, created=old.created, description=new.description or old.description)
+    return new._replace(created=old.created, description=new.description or old.description)
 
 
 def write_tx_rows(conn: sqlite3.Connection, rows: Sequence[TxRow]) -> None:
@@ -444,7 +427,7 @@ def write_tx_rows(conn: sqlite3.Connection, rows: Sequence[TxRow]) -> None:
         old = stored.get(ident)
         if old is None:
             move(row, 1)
-            inserts.append(row.params())
+            inserts.append(row)
             continue
         if not _supersedes(row, old):
             continue

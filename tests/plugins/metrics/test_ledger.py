@@ -379,7 +379,7 @@ async def test_rows_written_before_ids_keep_their_state_and_take_ids_in_event_or
     conn = sqlite3.connect(path)
     conn.executemany(
         "INSERT INTO metrics_tx VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [row.params() for row in latest.values()],
+        list(latest.values()),
     )
     conn.commit()
     conn.close()

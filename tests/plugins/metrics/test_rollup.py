@@ -214,7 +214,7 @@ def oracle(events: list[Event]) -> Path:
         for event in events:
             row = tx_row(event)
             if row is not None:
-                conn.execute(_ORACLE_UPSERT, row.params())
+                conn.execute(_ORACLE_UPSERT, row)
         conn.commit()
     finally:
         conn.close()
