@@ -82,6 +82,13 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
         """
         return None
 
+    def dedupe_order(self) -> int:
+        """A number that grows with time and is the same for every observation of the
+        fact (LND's add index for invoices), or 0. The journal stores the keys of
+        events that have one in its order, side by side; changing what an event type
+        returns here needs a journal migration, or its earlier keys are not found."""
+        return 0
+
 
 # ---------------------------------------------------------------- invoices
 
@@ -112,6 +119,9 @@ class InvoiceEvent(Event, frozen=True, kw_only=True):
 
     def dedupe_key(self) -> str | None:
         return f"{self.type}:{self.payment_hash}"
+
+    def dedupe_order(self) -> int:
+        return self.add_index
 
 
 class InvoiceCreated(InvoiceEvent, frozen=True, kw_only=True, tag="invoice.created"):

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import anyio
 import pytest
+from msgspec.structs import replace
 from prometheus_client import CollectorRegistry
 
+from lightningd_py import events as events_module
 from lightningd_py import journal as journal_module
 from lightningd_py import store as store_module
 from lightningd_py.config import load_config
@@ -422,3 +424,53 @@ async def test_a_plugin_skipping_a_run_still_stores_its_cursor(tmp_path: Path) -
         assert plugin.calls == 0 and ids[-1] == journal.last_id
         tg.cancel_scope.cancel()
     await store.close()
+
+
+async def test_invoice_keys_are_stored_in_add_index_order_and_old_ones_still_match(tmp_path: Path) -> None:
+    """Invoice events' digests begin with their add index, so a burst's land side by side;
+    a journal whose invoice digests were plain (schema 2) is moved over at start, and the
+    events it holds stay duplicates."""
+    path = tmp_path / "old.sqlite"
+    store = Store(path)
+    store.open()
+    store.migrate("journal", journal_module.MIGRATIONS[:2])
+    await store.close()
+    old = [
+        replace(invoice(i, cls), add_index=i, id=2 * i + (cls is InvoiceSettled))
+        for i in range(1, 301)
+        for cls in (InvoiceCreated, InvoiceSettled)
+    ]
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executemany(
+            "INSERT INTO journal(id, type, time, body) VALUES (?, ?, ?, ?)",
+            [(ev.id, ev.type, ev.time, events_module.encode_event(ev)) for ev in old],
+        )
+        conn.executemany(
+            "INSERT INTO journal_key_digests(digest) VALUES (?)",
+            [(journal_module._key_digest(ev.dedupe_key()),) for ev in old],
+        )
+    conn.close()
+
+    store = Store(path)
+    store.open()
+    journal = Journal(store)
+    journal.open()
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        again = await journal.append([replace(ev, id=0) for ev in old[-100:]])
+        assert again == [0] * 100
+        fresh = [
+            replace(invoice(i, cls), add_index=i)
+            for i in range(301, 311)
+            for cls in (InvoiceCreated, InvoiceSettled)
+        ]
+        ids = await journal.append(fresh)
+        assert all(ids) and await journal.append(fresh) == [0] * len(fresh)
+        tg.cancel_scope.cancel()
+    await store.close()
+    conn = sqlite3.connect(path)
+    digests = [row[0] for row in conn.execute("SELECT digest FROM journal_key_digests ORDER BY digest")]
+    conn.close()
+    assert len(digests) == 2 * 310
+    assert [int.from_bytes(d[:8], "big") for d in digests] == [i for i in range(1, 311) for _ in range(2)]
