@@ -135,10 +135,10 @@ class Store:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
-        # Savepoints and statements keep the pages they change in a sub-journal, which
-        # sqlite otherwise writes to a temporary file: every unit the writer runs is a
-        # savepoint, so in a burst that file took as many writes as the WAL itself.
-        conn.execute("PRAGMA temp_store=MEMORY")
+        # Savepoints keep the pages they change in a sub-journal, which sqlite writes to a
+        # temporary file past 64 KiB. Kept in memory instead (temp_store=MEMORY), a burst
+        # wrote a third less, but its many small blocks were spread over glibc's thread
+        # arenas: resident memory after 300,000 events grew +27 % instead of +14 %.
         if readonly:
             conn.execute("PRAGMA query_only=ON")
         return conn
