@@ -32,18 +32,14 @@ def _key_digest(key: str) -> bytes:
     return hashlib.blake2b(key.encode(), digest_size=16).digest()
 
 
-def _event_digest(event: Event) -> bytes | None:
-    """The digest the journal stores for ``event`` (None: never deduplicated).
+def _digest(key: str, order: int) -> bytes:
+    """The digest the journal stores for a dedupe key and the event's ``dedupe_order()``.
 
-    An event with a ``dedupe_order()`` gets that number (8 bytes, big-endian) followed by
-    8 bytes of BLAKE2b of its key: the digests of a burst then sit side by side at the
-    end of the index, instead of one per page all over it. Keys of the same order share
-    a digest with odds of about 2^-64 per pair, and an invoice has a handful of keys. A
-    plain digest matches one of these with odds of about 2^-128."""
-    key = event.dedupe_key()
-    if key is None:
-        return None
-    order = event.dedupe_order()
+    An event with an order gets that number (8 bytes, big-endian) followed by 8 bytes of
+    BLAKE2b of its key: the digests of a burst then sit side by side at the end of the
+    index, instead of one per page all over it. Keys of the same order share a digest
+    with odds of about 2^-64 per pair, and an invoice has a handful of keys. A plain
+    digest (order 0) matches one of these with odds of about 2^-128."""
     if order <= 0:
         return _key_digest(key)
     return order.to_bytes(8, "big") + hashlib.blake2b(key.encode(), digest_size=8).digest()
@@ -68,12 +64,11 @@ def _ordered_digests(conn: sqlite3.Connection) -> None:
         ordered: list[tuple[bytes]] = []
         for event_id, body in batch:
             event = decode_event(body, event_id)
-            digest = _event_digest(event)
-            key = event.dedupe_key()
-            if digest is None or key is None or event.dedupe_order() <= 0:
+            key, order = event.dedupe_key(), event.dedupe_order()
+            if key is None or order <= 0:
                 continue
             plain.append((_key_digest(key),))
-            ordered.append((digest,))
+            ordered.append((_digest(key, order),))
         conn.executemany("DELETE FROM journal_key_digests WHERE digest = ?", plain)
         conn.executemany("INSERT OR IGNORE INTO journal_key_digests(digest) VALUES (?)", ordered)
 
@@ -153,7 +148,9 @@ class Journal:
 
         def unit(conn: sqlite3.Connection) -> list[Event | None]:
             # Ids and duplicates are worked out first, so each table gets one executemany.
-            keys = [_event_digest(ev) for ev in events]
+            keys = [
+                None if (key := ev.dedupe_key()) is None else _digest(key, ev.dedupe_order()) for ev in events
+            ]
             seen = _known_digests(conn, {k for k in keys if k is not None})
             next_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM journal").fetchone()[0]
             stamped: list[Event | None] = []
