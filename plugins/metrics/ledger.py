@@ -268,8 +268,8 @@ class Total:
 
 
 class TxRow(NamedTuple):
-    """One ``metrics_tx`` row as written for an event, in the table's column order (a
-    tuple: one is made per event, and a frozen dataclass cost several times more)."""
+    """One ``metrics_tx`` row as written for an event, in ``_INSERT_TX``'s column order
+    (a tuple: one is made per event, and a frozen dataclass cost several times more)."""
 
     kind: str
     key: str
