@@ -143,6 +143,12 @@ class Store:
             conn.execute("PRAGMA query_only=ON")
         return conn
 
+    def version(self, owner: str) -> int:
+        """The owner's schema version: its last migration applied, 0 for none (at start)."""
+        sql = "SELECT version FROM schema_versions WHERE owner = ?"
+        row = self._require_writer().execute(sql, (owner,)).fetchone()
+        return row[0] if row else 0
+
     def migrate(self, owner: str, migrations: Iterable[Migration]) -> list[int]:
         """Apply the owner's migrations not yet applied, each in its own transaction.
 
@@ -150,8 +156,7 @@ class Store:
         applied.
         """
         conn = self._require_writer()
-        row = conn.execute("SELECT version FROM schema_versions WHERE owner = ?", (owner,)).fetchone()
-        current = row[0] if row else 0
+        current = self.version(owner)
         steps = sorted(migrations, key=lambda m: m.version)
         versions = [m.version for m in steps]
         if len(set(versions)) != len(versions) or any(v < 1 for v in versions):

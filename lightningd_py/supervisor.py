@@ -23,6 +23,7 @@ from .coremetrics import register_core_metrics
 from .daemon import NodeStatus
 from .errors import ConfigError, LdpError, PluginError, StoreError
 from .events import NodeStateChanged
+from .journal import MIGRATIONS as JOURNAL_MIGRATIONS
 from .journal import Journal
 from .lnd.expiry import ExpiryTracker
 from .lnd.link import LndLink, Stubs
@@ -30,7 +31,7 @@ from .lnd.streams import run_streams
 from .logs import configure_logging
 from .notify import Notifier
 from .pluginhost import PluginHost, PluginManager, create_plugin_manager, plugin_schemas
-from .store import Store
+from .store import Migration, Store
 
 __all__ = ["Supervisor", "load", "main"]
 
@@ -40,6 +41,10 @@ EXIT_CONFIG = 2
 EXIT_PLUGIN = 3
 EXIT_STORE = 4
 STARTUP_TIMEOUT = 60.0
+# Upgrading a large database at start can outlast systemd's TimeoutStartSec (the
+# journal's digest migration took 4.3 s per 200,000 invoices): while it runs, the daemon
+# asks systemd for this many more seconds, again before each extension runs out.
+UPGRADE_EXTEND = 30.0
 # Seconds without a database commit after which a burst counts as over.
 TRIM_QUIET = 1.0
 
@@ -129,6 +134,7 @@ class Supervisor:
         store = Store(db_path)
         try:
             store.open()
+            await self._upgrade(store, [("journal", JOURNAL_MIGRATIONS)])
             self.journal = journal = Journal(store)
             journal.open()
         except StoreError as exc:
@@ -146,8 +152,7 @@ class Supervisor:
             lnd=link.client,
         )
         try:
-            for name, migrations in host.hooks.each_sync("ldp_migrations"):
-                store.migrate(name, migrations or [])
+            await self._upgrade(store, list(host.hooks.each_sync("ldp_migrations")))
         except (PluginError, StoreError) as exc:
             log.error("migrations failed", error=str(exc))
             await store.close()
@@ -208,6 +213,46 @@ class Supervisor:
         tg.start_soon(link.run, on_active, name="lnd-link")
         tg.start_soon(self._watchdog, host.store_backend, name="watchdog")
         tg.start_soon(self._release_memory_after_bursts, host.store_backend, journal, name="release-memory")
+
+    async def _upgrade(self, store: Store, steps: list[tuple[str, list[Migration] | None]]) -> None:
+        """Apply each owner's pending migrations, in order, in a worker thread. When tables
+        that exist are to change (not on a new database, whose tables start empty), STATUS
+        says so while they run and systemd is asked for more start-up time."""
+        owners = [(owner, list(migrations or [])) for owner, migrations in steps]
+        upgrading = [
+            owner
+            for owner, migrations in owners
+            if (version := store.version(owner)) and any(m.version > version for m in migrations)
+        ]
+
+        def migrate() -> None:
+            for owner, migrations in owners:
+                store.migrate(owner, migrations)
+
+        if not upgrading:
+            migrate()  # nothing to apply; still checks the versions
+            return
+
+        async def ask_for_time() -> None:
+            while True:
+                self.notifier.send(
+                    f"EXTEND_TIMEOUT_USEC={int(UPGRADE_EXTEND * 1_000_000)}", "STATUS=upgrading the database"
+                )
+                await anyio.sleep(UPGRADE_EXTEND / 3)
+
+        log.info("upgrading the database", owners=upgrading)
+        started = time.monotonic()
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask_for_time)
+            try:
+                await anyio.to_thread.run_sync(migrate)
+            except Exception as exc:  # raised as itself, not inside the task group's
+                failure = exc
+            tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        log.info("database upgraded", owners=upgrading, seconds=round(time.monotonic() - started, 1))
 
     async def _start_plugins(self, host: PluginHost) -> None:
         for plugin_name, impl in host.hooks._impls("ldp_startup"):

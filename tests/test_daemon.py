@@ -8,9 +8,12 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import anyio
 import pytest
+from lightningd_py.plugins.invoice_tracker import records
 
 from lightningd_py.demo import write_config
+from lightningd_py.store import Store
 
 SETTLED = "invoice.settled"
 
@@ -64,6 +67,38 @@ def test_ready_status_and_graceful_stop(ldp_daemon) -> None:
     assert ldp_daemon.stop() == 0
     assert "STOPPING=1" in ldp_daemon.notifications
     assert '"event": "stopped"' in ldp_daemon.logs()
+
+
+def test_an_older_database_is_upgraded_before_ready_with_more_time_asked_of_systemd(
+    ldp_config_factory, ldp_daemon_factory
+) -> None:
+    # The database as the first release of the invoice tracker left it, with an invoice.
+    config = ldp_config_factory()
+    path = config.state_dir / "lightningd-py.sqlite"
+    store = Store(path)
+    store.open()
+    store.migrate("invoice_tracker", records.migrations()[:1])
+    anyio.run(store.close)
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO invoice_tracker_invoices (payment_hash, status, created_at) "
+            "VALUES (?, 'pending', 1)",
+            ("ab" * 32,),
+        )
+    daemon = ldp_daemon_factory(config)
+    ready = daemon.notifications.index("READY=1")
+    upgrading = daemon.notifications.index("STATUS=upgrading the database")
+    assert upgrading < ready
+    assert f"EXTEND_TIMEOUT_USEC={30 * 1_000_000}" in daemon.notifications[:ready]
+    assert '"owners": ["invoice_tracker"]' in daemon.logs()
+    with db(config.state_dir) as conn:
+        assert conn.execute("SELECT id, payment_hash FROM invoice_tracker_invoices").fetchall() == [
+            (1, "ab" * 32)
+        ]
+    # Started again, there is nothing to upgrade and nothing is asked of systemd.
+    mark = len(daemon.notifications)
+    daemon.restart()
+    assert not any(n.startswith("EXTEND_TIMEOUT_USEC=") for n in daemon.notifications[mark:])
 
 
 def test_sigint_also_stops_cleanly(ldp_daemon) -> None:
