@@ -230,7 +230,7 @@ class Supervisor:
                 store.migrate(owner, migrations)
 
         if not upgrading:
-            migrate()  # nothing to apply; still checks the versions
+            migrate()  # a new database's empty tables, or nothing: quick
             return
 
         async def ask_for_time() -> None:

@@ -77,13 +77,19 @@ class Slow:
         await anyio.sleep(3600)
 
 
-async def start_host(tmp_path: Path, plugins: dict):
-    pm = create_plugin_manager(entry_points=[], extra=plugins)
-    config = load_config(make_config(tmp_path), {name: None for name in plugins})
-    store = Store(config.core.database)
+def open_journal(path: Path) -> tuple[Store, Journal]:
+    """A store on ``path`` with its journal opened (migrated to the current schema)."""
+    store = Store(path)
     store.open()
     journal = Journal(store)
     journal.open()
+    return store, journal
+
+
+async def start_host(tmp_path: Path, plugins: dict):
+    pm = create_plugin_manager(entry_points=[], extra=plugins)
+    config = load_config(make_config(tmp_path), {name: None for name in plugins})
+    store, journal = open_journal(config.core.database)
     host = PluginHost(
         config=config,
         pm=pm,
@@ -147,10 +153,7 @@ async def test_keys_journaled_before_their_digests_still_drop_duplicates(tmp_pat
         conn.executemany("INSERT INTO journal_keys(key) VALUES (?)", [(ev.dedupe_key(),) for ev in old])
     conn.close()
 
-    store = Store(path)
-    store.open()
-    journal = Journal(store)
-    journal.open()
+    store, journal = open_journal(path)
     async with anyio.create_task_group() as tg:
         await tg.start(store.run)
         ids = await journal.append([*old, invoice(601), invoice(601, InvoiceCreated)])
@@ -452,10 +455,7 @@ async def test_invoice_keys_are_stored_in_add_index_order_and_old_ones_still_mat
         )
     conn.close()
 
-    store = Store(path)
-    store.open()
-    journal = Journal(store)
-    journal.open()
+    store, journal = open_journal(path)
     async with anyio.create_task_group() as tg:
         await tg.start(store.run)
         again = await journal.append([replace(ev, id=0) for ev in old[-100:]])

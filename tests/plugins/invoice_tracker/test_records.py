@@ -57,6 +57,17 @@ def created(h: str = H1, event_id: int = 1, **kw: object) -> InvoiceCreated:
     return InvoiceCreated(**fields)  # type: ignore[arg-type]
 
 
+async def every_page(store: StoreHandle, limit: int) -> list[str]:
+    """The payment hashes of the invoice list, read page by page with its cursor."""
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = await records.list_invoices(store, limit=limit, cursor=cursor)
+        seen += [i["payment_hash"] for i in page]
+        if cursor is None:
+            return seen
+
+
 async def apply(store: StoreHandle, *events: object) -> None:
     for event in events:
         await records.apply_events(store, [event])  # type: ignore[list-item]
@@ -150,14 +161,7 @@ async def test_list_pages_with_cursor_and_filters(store: StoreHandle) -> None:
     hashes = [f"{i:064x}" for i in range(7)]
     await apply(store, *[created(h, i + 1, creation_date=base + i) for i, h in enumerate(hashes)])
     await apply(store, InvoiceSettled(id=100, payment_hash=hashes[3], amt_paid_msat=1))
-    seen: list[str] = []
-    cursor = None
-    while True:
-        page, cursor = await records.list_invoices(store, limit=3, cursor=cursor)
-        seen += [i["payment_hash"] for i in page]
-        if cursor is None:
-            break
-    assert seen == hashes[::-1]
+    assert await every_page(store, limit=3) == hashes[::-1]
     paid, _ = await records.list_invoices(store, status="paid")
     assert [i["payment_hash"] for i in paid] == [hashes[3]]
     window, _ = await records.list_invoices(store, created_after=base + 2, created_before=base + 4)
@@ -290,13 +294,6 @@ async def test_invoices_recorded_before_ids_keep_their_rows_and_history(tmp_path
             InvoiceSettled(id=11, payment_hash=hashes[1], amt_paid_msat=1000),
         )
         assert [e["status"] for e in await records.invoice_history(store, hashes[1])] == ["pending", "paid"]
-        seen: list[str] = []
-        cursor = None
-        while True:
-            page, cursor = await records.list_invoices(store, limit=2, cursor=cursor)
-            seen += [i["payment_hash"] for i in page]
-            if cursor is None:
-                break
-        assert seen == ["ff" * 32, *hashes[::-1]]
+        assert await every_page(store, limit=2) == ["ff" * 32, *hashes[::-1]]
         tg.cancel_scope.cancel()
     await backend.close()
