@@ -3,6 +3,7 @@ restarts and crashes, with the journal and plugin cursors read from its database
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import threading
@@ -253,3 +254,33 @@ def test_lnd_rpc_latency_is_measured(ldp_daemon) -> None:
 
     text = ldp_daemon.wait_for(lambda: "lightningd_lnd_rpc_duration_seconds_count" in scraped() and scraped())
     assert 'lightningd_lnd_rpc_duration_seconds_count{rpc="GetInfo"}' in text
+
+
+def glibc() -> bool:
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):
+        return False
+
+
+def thread_arenas(pid: int) -> int:
+    """glibc's malloc arenas besides the main one: each starts a 64 MiB-aligned
+    anonymous heap (a stray mapping lands on such an address once in 16,384)."""
+    count = 0
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        start = int(fields[0].split("-")[0], 16)
+        if len(fields) == 5 and fields[1].startswith("rw") and start % (64 << 20) == 0:
+            count += 1
+    return count
+
+
+@pytest.mark.skipif(not glibc(), reason="malloc arenas are glibc's")
+def test_malloc_arenas_are_capped_unless_the_environment_chooses(ldp_daemon_factory) -> None:
+    capped = ldp_daemon_factory()
+    chosen = ldp_daemon_factory(env={"MALLOC_ARENA_MAX": "16"})
+    for daemon in (capped, chosen):
+        # By then the writer, the readers and gRPC's threads have all allocated.
+        daemon.wait_for(lambda d=daemon: "STATUS=LND active" in d.notifications, timeout=15)
+    assert thread_arenas(capped.pid) <= 2
+    assert thread_arenas(chosen.pid) >= 4
