@@ -145,27 +145,30 @@ class Journal:
         """
         events = list(events)
         positions = dict(positions or {})
+        # Digests and bodies do not depend on the database: they are worked out here,
+        # while the writer commits what came before; the writer only looks duplicates
+        # up, numbers the events and inserts them.
+        keys = [
+            None if (key := ev.dedupe_key()) is None else _digest(key, ev.dedupe_order()) for ev in events
+        ]
+        bodies = [encode_event(ev) for ev in events]
 
-        def unit(conn: sqlite3.Connection) -> list[Event | None]:
-            # Ids and duplicates are worked out first, so each table gets one executemany.
-            keys = [
-                None if (key := ev.dedupe_key()) is None else _digest(key, ev.dedupe_order()) for ev in events
-            ]
+        def unit(conn: sqlite3.Connection) -> list[int]:
             seen = _known_digests(conn, {k for k in keys if k is not None})
             next_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM journal").fetchone()[0]
-            stamped: list[Event | None] = []
+            ids: list[int] = []
             key_rows: list[tuple[bytes]] = []
             rows: list[tuple[int, str, float, bytes]] = []
-            for ev, key in zip(events, keys, strict=True):
+            for ev, key, body in zip(events, keys, bodies, strict=True):
                 if key is not None:
                     if key in seen:
-                        stamped.append(None)
+                        ids.append(0)
                         continue
                     seen.add(key)
                     key_rows.append((key,))
                 next_id += 1
-                rows.append((next_id, ev.type, ev.time, encode_event(ev)))
-                stamped.append(msgspec.structs.replace(ev, id=next_id))
+                rows.append((next_id, ev.type, ev.time, body))
+                ids.append(next_id)
             conn.executemany("INSERT INTO journal_key_digests(digest) VALUES (?)", key_rows)
             conn.executemany("INSERT INTO journal(id, type, time, body) VALUES (?, ?, ?, ?)", rows)
             if positions:
@@ -174,16 +177,16 @@ class Journal:
                     "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                     positions.items(),
                 )
-            return stamped
+            return ids
 
-        stamped = await self._store.write("journal", unit, on_commit=self._committed)
+        ids = await self._store.write("journal", unit, on_commit=lambda ids: self._committed(events, ids))
         self._positions.update(positions)
-        return [ev.id if ev is not None else 0 for ev in stamped]
+        return ids
 
-    def _committed(self, stamped: list[Event | None]) -> None:
+    def _committed(self, events: list[Event], ids: list[int]) -> None:
         # Runs on the event loop in commit order, so the cache stays sorted by id.
-        fresh = [ev for ev in stamped if ev is not None]
-        self.duplicates += len(stamped) - len(fresh)
+        fresh = [msgspec.structs.replace(ev, id=i) for ev, i in zip(events, ids, strict=True) if i]
+        self.duplicates += len(ids) - len(fresh)
         if not fresh:
             return
         for ev in fresh:

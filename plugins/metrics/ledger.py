@@ -24,7 +24,7 @@ or below the last id already counted for its type.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -388,14 +388,10 @@ def _succeed(new: TxRow, old: TxRow) -> TxRow:
     return new._replace(created=old.created, description=new.description or old.description)
 
 
-def write_tx_rows(conn: sqlite3.Connection, rows: Sequence[TxRow]) -> None:
-    """Store the rows of a run of events, in the writer's transaction.
-
-    The rows of one transaction in the run are merged first (a burst's "created" and
-    "settled" make one write), then each merged row is compared with the stored one
-    under the same rule, and the hourly sums move by the difference: the result equals
-    writing the rows one by one, in order.
-    """
+def merge_tx_rows(rows: Iterable[TxRow]) -> dict[tuple[str, str], TxRow]:
+    """The rows of a run of events, one per transaction (a burst's "created" and
+    "settled" make one), merged under the rule :func:`write_tx_rows` applies to the
+    stored row."""
     merged: dict[tuple[str, str], TxRow] = {}
     for row in rows:
         ident = (row.kind, row.key)
@@ -404,6 +400,16 @@ def write_tx_rows(conn: sqlite3.Connection, rows: Sequence[TxRow]) -> None:
             merged[ident] = row
         elif _supersedes(row, current):
             merged[ident] = _succeed(row, current)
+    return merged
+
+
+def write_tx_rows(conn: sqlite3.Connection, merged: Mapping[tuple[str, str], TxRow]) -> None:
+    """Store the merged rows of a run (:func:`merge_tx_rows`), in the writer's transaction.
+
+    Each row is compared with the stored one under the same rule as the merge, and the
+    hourly sums move by the difference: the result equals writing the run's rows one by
+    one, in order.
+    """
     stored: dict[tuple[str, str], TxRow] = {}
     by_kind: dict[str, list[str]] = {}
     for kind, key in merged:
@@ -502,8 +508,8 @@ class Ledger:
 
     async def record_run(self, events: Iterable[Event]) -> None:
         """Record the transaction events of a run (others are skipped), idempotently:
-        the rows of the run are merged and written in one unit (see
-        :func:`write_tx_rows`), the totals in one statement."""
+        the rows of the run are merged (:func:`merge_tx_rows`) and written in one unit
+        (:func:`write_tx_rows`), the totals in one statement."""
         rows: list[TxRow] = []
         touched: dict[str, Total] = {}
         for event in events:
@@ -522,7 +528,9 @@ class Ledger:
                 total.last_event_id = max(total.last_event_id, event.id)
         if not rows:
             return
-        await self._store.queue(lambda conn: write_tx_rows(conn, rows))
+        # Merged here, while the writer commits what came before.
+        merged = merge_tx_rows(rows)
+        await self._store.queue(lambda conn: write_tx_rows(conn, merged))
         # The in-memory totals are the source of truth (loaded at start, advanced only
         # here), so a run stores them whole rather than as increments; a redelivered run
         # stores them again, which repairs a write that failed the first time.
