@@ -84,7 +84,7 @@ def _unavailable(pm: PluginManager) -> dict[str, str]:
 
 def main(config_path: Path | str) -> int:
     """Run the daemon until SIGTERM/SIGINT; the process exit status."""
-    limit_malloc_arenas()
+    _limit_malloc_arenas()
     config_path = Path(config_path)
     configure_logging(_peek_log_format(config_path), "info")
     try:
@@ -111,7 +111,7 @@ def _libc(name: str) -> Any | None:
         return None
 
 
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+def _limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """Cap glibc's malloc arenas, before the daemon starts any thread.
 
     Leaves the C library's own choice where the environment makes one
