@@ -57,7 +57,8 @@ def _key_digests(conn: sqlite3.Connection) -> None:
 
 
 def _ordered_digests(conn: sqlite3.Connection) -> None:
-    """Journaled events that have a ``dedupe_order()`` get their digest in the new form."""
+    """Journaled events that have a ``dedupe_order()`` get their digest in the new form.
+    At this version only invoice events have one, so only they are decoded."""
     rows = conn.execute("SELECT id, body FROM journal WHERE type LIKE 'invoice.%'")
     while batch := rows.fetchmany(10_000):
         plain: list[tuple[bytes]] = []
@@ -126,8 +127,12 @@ class Journal:
         self.duplicates = 0
 
     def open(self) -> None:
-        """Apply the journal's migrations and load positions and cursors (at start)."""
+        """Apply the journal's migrations, then :meth:`load` (at start)."""
         self._store.migrate("journal", MIGRATIONS)
+        self.load()
+
+    def load(self) -> None:
+        """Load positions, cursors and the last id from a migrated journal (at start)."""
         rows = self._store.read_sync("SELECT name, value FROM journal_positions")
         self._positions = {r["name"]: r["value"] for r in rows}
         rows = self._store.read_sync("SELECT plugin, position FROM journal_cursors")

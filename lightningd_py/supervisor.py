@@ -168,7 +168,7 @@ class Supervisor:
             store.open()
             await self._upgrade(store, [("journal", JOURNAL_MIGRATIONS)])
             self.journal = journal = Journal(store)
-            journal.open()
+            journal.load()
         except StoreError as exc:
             log.error("cannot open the database", error=str(exc))
             return EXIT_STORE
