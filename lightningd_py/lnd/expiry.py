@@ -210,7 +210,13 @@ class ExpiryTracker:
         key = bytes.fromhex(payment_hash)
         if self._open.remove(key):
             self._to_follow.discard(key)
-            self._gone.discard(key)
+            gone = self._gone
+            if gone:
+                gone.discard(key)
+                if not gone:
+                    # A set keeps the table it grew to however many keys are
+                    # discarded: one sized for a burst's open invoices is megabytes.
+                    self._gone = set()
             # Timers and add indexes drop closed invoices lazily; rebuild them before
             # the stale entries of a long burst of settlements pile up, and the open set
             # once it is far larger than what it holds.
@@ -220,6 +226,9 @@ class ExpiryTracker:
 
     def _compact(self) -> None:
         tracked = self._open = self._open.rebuilt()
+        # Copies are sized for what the sets hold now, not for what they once held.
+        self._to_follow = set(self._to_follow)
+        self._gone = set(self._gone)
         entries = sorted((*tracked.head(slot), slot) for slot in tracked.slots())
         self._adds = array("q", [add_index for add_index, _, _ in entries])
         self._add_slots = array("i", [slot for _, _, slot in entries])

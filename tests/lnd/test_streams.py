@@ -12,6 +12,7 @@ import asyncio
 import gc
 import hashlib
 import os
+import sys
 import time
 import tracemalloc
 from collections import Counter
@@ -488,6 +489,39 @@ async def test_the_room_of_a_burst_of_open_invoices_is_given_back(sim: SimnetPro
             assert kept < 20_000, kept
     finally:
         tracemalloc.stop()
+
+
+async def test_the_sweeps_suspects_give_their_room_back_once_forgotten(
+    sim: SimnetProcess, tmp_path: Path
+) -> None:
+    """Invoices a sweep finds missing from LND's pending list are held as suspects until
+    the reader journals their end. Once the last of them is forgotten, the set that
+    held them does not keep the size it grew to (a burst's worth of hashes)."""
+    async with daemon(sim, tmp_path / "db.sqlite", streams=False) as d:
+        channel, stubs = await connect(sim)
+        try:
+            tracker = ExpiryTracker(d.journal, lnd_settings(sim, invoice_page_size=500))
+            added = [await d.control.add_invoice(value_msat=1000, expiry=3600) for _ in range(1500)]
+            # What the reader does with each invoice the stream reports created.
+            first = min(a["add_index"] for a in added)
+            listed = await stubs.lightning.ListInvoices(
+                ln.ListInvoiceRequest(pending_only=True, index_offset=first - 1, num_max_invoices=len(added))
+            )
+            for inv in listed.invoices:
+                tracker.track(inv)
+            tracker.add_index = max(a["add_index"] for a in added)
+            assert len(tracker) == len(added)
+            for a in added:
+                await d.control.settle_invoice(a["payment_hash"])
+            await tracker.sweep(stubs)  # every one of them is now a suspect
+            grown = sys.getsizeof(tracker._gone)
+            assert grown > 16_384, grown
+            for a in added:
+                tracker.forget(a["payment_hash"])
+            assert all(a["payment_hash"] not in tracker for a in added)
+            assert sys.getsizeof(tracker._gone) < 1024, sys.getsizeof(tracker._gone)
+        finally:
+            await channel.close()
 
 
 async def test_invoice_ends_while_daemon_down_are_journaled_once(sim: SimnetProcess, tmp_path: Path) -> None:
