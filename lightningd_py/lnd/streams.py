@@ -181,7 +181,10 @@ async def _pump(call: Any, stream: str, handle: Callable[[list[Any]], Awaitable[
     buffer is full, reading waits (gRPC flow control then holds LND back). When the
     stream ends, what was read is journaled before ``StreamEnded`` is raised. When
     ``handle`` raises or the pump is cancelled, the reading task just stops: the
-    handler's error, or the cancellation, is what leaves the pump.
+    handler's error, or the cancellation, is what leaves the pump. Neither task keeps
+    a message it has passed on while it waits for the next: after a burst, a batch held
+    until the stream's next message would pin the memory of up to ``BATCH`` messages
+    for as long as the node stays quiet.
     """
     send, receive = anyio.create_memory_object_stream[Any](BATCH)
     ended: list[StreamEnded] = []
@@ -198,6 +201,7 @@ async def _pump(call: Any, stream: str, handle: Callable[[list[Any]], Awaitable[
                         send.send_nowait(message)
                     except anyio.WouldBlock:
                         await send.send(message)
+                    del message
             except anyio.BrokenResourceError:
                 # The consumer is gone. A message can arrive after it stopped and before
                 # this task sees the cancellation (anyio does not cancel a task whose
@@ -215,12 +219,14 @@ async def _pump(call: Any, stream: str, handle: Callable[[list[Any]], Awaitable[
             async with receive:
                 async for first in receive:
                     batch = [first]
+                    del first
                     while len(batch) < BATCH:
                         try:
                             batch.append(receive.receive_nowait())
                         except (anyio.WouldBlock, anyio.EndOfStream):
                             break
                     await handle(batch)
+                    del batch
     finally:
         call.cancel()
     raise ended[0] if ended else StreamEnded(stream)
