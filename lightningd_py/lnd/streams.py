@@ -81,8 +81,11 @@ __all__ = [
     "run_streams",
 ]
 
-BATCH = 1000
-"""Most messages journaled in one append."""
+BATCH = 250
+"""Most messages journaled in one append. Larger appends did not make a burst or a
+catch-up faster, but raised the memory held in flight; what a burst leaves allocated
+pins allocator arenas sized by that peak (after 300,000 events: +4.9 and +5.1 % at 250,
++6.1 % at 500, +10.3 to +12.4 % at 1,000)."""
 
 READY_KEY = "streams_ready"
 """``NodeStatus.extra`` key: True while every stream is subscribed and caught up."""
