@@ -18,6 +18,7 @@ import msgspec
 
 __all__ = [
     "ALL_EVENT_TYPES",
+    "REBALANCE_MEMO_PREFIX",
     "BackupEvent",
     "ChannelActive",
     "ChannelBackupUpdated",
@@ -315,6 +316,11 @@ class NodeStateChanged(NodeStateEvent, frozen=True, kw_only=True, tag="node.stat
 
 
 # ---------------------------------------------------------------- plugin events
+
+
+REBALANCE_MEMO_PREFIX = "rebalance "
+"""How the memo of every invoice the rebalancer pays itself begins: other plugins tell
+those invoices from the node's income by it (with the rebalance's payment hash)."""
 
 
 class RebalanceEvent(Event, frozen=True, kw_only=True):

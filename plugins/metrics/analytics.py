@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightningd_py.events import REBALANCE_MEMO_PREFIX
+
 __all__ = [
     "IMBALANCED_HIGH",
     "IMBALANCED_LOW",
@@ -43,17 +45,16 @@ IMBALANCED_HIGH = 0.8
 HOUR = 3600
 
 # Rows sharing a payment hash with a rebalance (``t``): driven from the few rebalances
-# through the primary key (an invoice's key is its payment hash) and the hash index
-# (every other kind), never by reading the window's rows.
+# through the hash index, which holds every kind but invoices, and of invoices only the
+# rebalancer's own (by their memo), never by reading the window's rows.
 _REBALANCE_HASHES = (
     "(SELECT DISTINCT payment_hash AS h FROM metrics_tx WHERE kind = 'rebalance' AND payment_hash != '')"
 )
 _REBALANCE_OWN = (
     f"(SELECT t.* FROM {_REBALANCE_HASHES} AS r "
-    "CROSS JOIN metrics_tx AS t ON t.kind = 'invoice' AND t.key = r.h "
-    f"UNION ALL SELECT t.* FROM {_REBALANCE_HASHES} AS r "
-    "CROSS JOIN metrics_tx AS t ON t.payment_hash = r.h AND t.payment_hash != '' AND t.kind != 'invoice'"
-    ") AS t"
+    "CROSS JOIN metrics_tx AS t ON t.payment_hash = r.h AND t.payment_hash != '' "
+    f"AND (t.kind != 'invoice' OR substr(t.description, 1, {len(REBALANCE_MEMO_PREFIX)}) = "
+    f"'{REBALANCE_MEMO_PREFIX}')) AS t"
 )
 
 

@@ -54,7 +54,8 @@ EXPORT_COLUMNS = (
 def history_item(row: dict[str, Any]) -> dict[str, Any]:
     """A ``metrics_tx`` row as the history and the export present it."""
     return {
-        "id": f"{row['kind']}:{row['key']}",
+        # An invoice is known by its payment hash (its key is its add index).
+        "id": f"invoice:{row['payment_hash']}" if row["kind"] == "invoice" else f"{row['kind']}:{row['key']}",
         "kind": row["kind"],
         "status": row["status"],
         "time": iso(row["time"]),

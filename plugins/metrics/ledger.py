@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+import msgspec
+
 from lightningd_py.events import (
     ChannelClosed,
     ChannelEvent,
@@ -39,6 +41,7 @@ from lightningd_py.events import (
     InvoiceSettled,
     PaymentEvent,
     RebalanceEvent,
+    decode_event,
 )
 from lightningd_py.store import Migration
 
@@ -49,7 +52,44 @@ if TYPE_CHECKING:
 
     from .snapshot import NodeSnapshot
 
-__all__ = ["MIGRATIONS", "Ledger", "Total", "TxRow", "total_name", "tx_row"]
+__all__ = ["MIGRATIONS", "Ledger", "Total", "TxRow", "invoice_key", "total_name", "tx_row"]
+
+
+def invoice_key(event: InvoiceEvent) -> str:
+    """An invoice's key in ``metrics_tx``: its add index, zero-padded so keys sort in the
+    order invoices were added (the payment hash for an event without one, which only a
+    third-party plugin could emit)."""
+    return f"{event.add_index:012d}" if event.add_index > 0 else event.payment_hash
+
+
+def _key_invoices_by_add_index(conn: sqlite3.Connection) -> None:
+    """Migration 6: each invoice row's add index is read from the journal event the row
+    last took its state from (the ledger's rows come from journal events only)."""
+    keys: list[tuple[str, int]] = []
+    journaled = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal'")
+    found = (
+        conn.execute(
+            "SELECT m.id, j.id, j.body FROM metrics_tx AS m JOIN journal AS j ON j.id = m.event_id "
+            "WHERE m.kind = 'invoice'"
+        )
+        if journaled.fetchone()
+        else ()  # the ledger's tables on their own, without the daemon's journal
+    )
+    for row_id, event_id, body in found:
+        try:
+            event = decode_event(body, event_id)
+        except msgspec.DecodeError:
+            continue  # an event this version cannot read: the row keeps its hash key
+        if isinstance(event, InvoiceEvent) and event.add_index > 0:
+            keys.append((invoice_key(event), row_id))
+    # Add indexes are unique in LND; a row that would collide keeps its hash key.
+    conn.executemany("UPDATE OR IGNORE metrics_tx SET key = ? WHERE id = ?", keys)
+    conn.execute("DROP INDEX metrics_tx_hash")
+    conn.execute(
+        "CREATE INDEX metrics_tx_hash ON metrics_tx (payment_hash) WHERE payment_hash != '' "
+        "AND (kind != 'invoice' OR substr(description, 1, 10) = 'rebalance ')"
+    )
+
 
 MIGRATIONS = [
     Migration(
@@ -198,6 +238,11 @@ MIGRATIONS = [
             WHERE payment_hash != '' AND kind != 'invoice';
         """,
     ),
+    # Invoices are keyed by add index (``invoice_key``) instead of payment hash: keys in
+    # the order invoices are added, so a burst appends to the (kind, key) index instead
+    # of writing a page of it per invoice. The rebalances' own invoices, still found by
+    # hash, join the hash index.
+    Migration(6, _key_invoices_by_add_index),
 ]
 
 # Later states win over earlier ones; a replayed "created" never downgrades a settled row.
@@ -308,7 +353,7 @@ def tx_row(event: Event) -> TxRow | None:
             when = float(event.creation_date or event.time)
         return TxRow(
             kind="invoice",
-            key=event.payment_hash,
+            key=invoice_key(event),
             status=status,
             rank=_RANK.get(status, 2),
             time=when,

@@ -22,7 +22,7 @@ import anyio
 import msgspec
 
 from lightningd_py.errors import LndError
-from lightningd_py.events import RebalanceFailed, RebalanceSucceeded
+from lightningd_py.events import REBALANCE_MEMO_PREFIX, RebalanceFailed, RebalanceSucceeded
 from lightningd_py.lnd.types import Channel, ChannelFee, Payment
 
 from .ledger import Ledger
@@ -492,7 +492,7 @@ class Rebalancer:
         lnd = self.daemon.lnd
         try:
             invoice = await lnd.add_invoice(
-                amount, memo=f"rebalance {rid[:12]}", expiry=s.payment_timeout + 600
+                amount, memo=f"{REBALANCE_MEMO_PREFIX}{rid[:12]}", expiry=s.payment_timeout + 600
             )
         except LndError as exc:
             await self.ledger.finish_attempt(

@@ -284,6 +284,13 @@ def test_scripted_activity_in_metrics_and_analytics(node: Any, promtool: Callabl
         # The rebalance, and the invoice and payment it consisted of.
         + [("rebalance", "succeeded"), ("invoice", "settled"), ("payment", "succeeded")]
     )
+    # An invoice is known by its payment hash, a payment by its hash and index.
+    for item in items:
+        if item["kind"] == "invoice":
+            assert item["id"] == f"invoice:{item['payment_hash']}"
+        elif item["kind"] == "payment":
+            assert item["id"].startswith(f"payment:{item['payment_hash']}:")
+    assert len({i["id"] for i in items}) == len(items)
     status, only = api(node, f"/v1/analytics/history?kind=forward&status=settled&chan_id={c}")
     assert [(i["amount_msat"], i["fee_msat"]) for i in only["items"]] == [(700_000, 500)]
 

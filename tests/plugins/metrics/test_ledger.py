@@ -14,6 +14,7 @@ from lightningd_py.plugins.metrics.ledger import Ledger, tx_row
 from lightningd_py.plugins.metrics.snapshot import ChannelState, NodeSnapshot
 
 from lightningd_py.events import (
+    REBALANCE_MEMO_PREFIX,
     Event,
     ForwardFailed,
     ForwardSettled,
@@ -24,7 +25,9 @@ from lightningd_py.events import (
     PaymentSucceeded,
     RebalanceFailed,
     RebalanceSucceeded,
+    encode_event,
 )
+from lightningd_py.journal import MIGRATIONS as JOURNAL_MIGRATIONS
 from lightningd_py.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -42,20 +45,33 @@ def scripted_day() -> list[Event]:
     """One day of activity (ids as the journal would assign them)."""
     return [
         InvoiceCreated(
-            id=1, time=T0, payment_hash="h1", value_msat=100_000, creation_date=int(T0), memo="coffee"
+            id=1,
+            time=T0,
+            payment_hash="h1",
+            value_msat=100_000,
+            creation_date=int(T0),
+            memo="coffee",
+            add_index=1,
         ),
-        InvoiceCreated(id=2, time=T0 + 10, payment_hash="h2", value_msat=250_000, creation_date=int(T0 + 10)),
+        InvoiceCreated(
+            id=2, time=T0 + 10, payment_hash="h2", value_msat=250_000, creation_date=int(T0 + 10), add_index=2
+        ),
         InvoiceSettled(
             id=3,
             time=T0 + 60,
             payment_hash="h1",
+            add_index=1,
             value_msat=100_000,
             amt_paid_msat=100_000,
             creation_date=int(T0),
             settle_date=int(T0 + 60),
         ),
-        InvoiceCreated(id=4, time=T0 + 20, payment_hash="h3", value_msat=5_000, creation_date=int(T0 + 20)),
-        InvoiceExpired(id=5, time=T0 + 3600, payment_hash="h3", value_msat=5_000, creation_date=int(T0 + 20)),
+        InvoiceCreated(
+            id=4, time=T0 + 20, payment_hash="h3", value_msat=5_000, creation_date=int(T0 + 20), add_index=3
+        ),
+        InvoiceExpired(
+            id=5, time=T0 + 3600, payment_hash="h3", value_msat=5_000, creation_date=int(T0 + 20), add_index=3
+        ),
         PaymentSucceeded(
             id=6, time=T0 + 100, payment_hash="p1", payment_index=1, value_msat=1_000_000, fee_msat=1_000
         ),
@@ -124,12 +140,20 @@ def scripted_day() -> list[Event]:
         ),
         # The rebalance paid an invoice of this node: both sides are the rebalance's.
         InvoiceCreated(
-            id=14, time=T0 + 299, payment_hash="p3", value_msat=500_000, creation_date=int(T0 + 299)
+            id=14,
+            time=T0 + 299,
+            payment_hash="p3",
+            value_msat=500_000,
+            creation_date=int(T0 + 299),
+            memo=f"{REBALANCE_MEMO_PREFIX}r1",
+            add_index=4,
         ),
         InvoiceSettled(
             id=15,
             time=T0 + 300,
             payment_hash="p3",
+            memo=f"{REBALANCE_MEMO_PREFIX}r1",
+            add_index=4,
             value_msat=500_000,
             amt_paid_msat=500_000,
             creation_date=int(T0 + 299),
@@ -195,10 +219,12 @@ async def test_a_late_replay_never_downgrades_an_invoice(metrics_store) -> None:
         for event in scripted_day()[:3]:
             await ledger.record(event)
         # The created event observed again (e.g. by a ListInvoices catch-up) after settlement.
-        await ledger.record(InvoiceCreated(id=40, time=T0 + 900, payment_hash="h1", value_msat=100_000))
+        await ledger.record(
+            InvoiceCreated(id=40, time=T0 + 900, payment_hash="h1", value_msat=100_000, add_index=1)
+        )
         await store.flush()
         row = await store.fetchone(
-            "SELECT status, amount_msat, time, description FROM metrics_tx WHERE key = 'h1'"
+            "SELECT status, amount_msat, time, description FROM metrics_tx WHERE payment_hash = 'h1'"
         )
         assert (row["status"], row["amount_msat"], row["time"], row["description"]) == (
             "settled",
@@ -368,28 +394,35 @@ async def test_breakdown_buckets_the_day_by_hour(metrics_store) -> None:
 
 
 async def test_rows_written_before_ids_keep_their_state_and_take_ids_in_event_order(tmp_path) -> None:
-    # A database as the plugin left it before its rows had ids (schema version 4).
+    # A database as the plugin left it before its rows had ids (schema version 4), when an
+    # invoice's key was its payment hash, beside the daemon's journal of the same events.
     path = tmp_path / "ldp.sqlite3"
     store = Store(path)
     store.open()
+    store.migrate("journal", JOURNAL_MIGRATIONS)
     store.migrate("metrics", metrics_plugin.ldp_migrations()[:4])
     day = scripted_day()
     rows = [row for row in (tx_row(event) for event in day) if row is not None]
     latest = {(row.kind, row.key): row for row in sorted(rows, key=lambda row: (row.rank, row.event_id))}
     conn = sqlite3.connect(path)
     conn.executemany(
+        "INSERT INTO journal (id, type, time, body) VALUES (?, ?, ?, ?)",
+        [(event.id, event.type, event.time, encode_event(event)) for event in day],
+    )
+    conn.executemany(
         "INSERT INTO metrics_tx VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        list(latest.values()),
+        [row._replace(key=row.payment_hash) if row.kind == "invoice" else row for row in latest.values()],
     )
     conn.commit()
     conn.close()
-    assert store.migrate("metrics", metrics_plugin.ldp_migrations()) == [5]
+    assert store.migrate("metrics", metrics_plugin.ldp_migrations()) == [5, 6]
 
     handle = store.handle("metrics")
     async with anyio.create_task_group() as tg:
         await tg.start(store.run)
         stored = await handle.fetchall("SELECT id, kind, key, status, event_id FROM metrics_tx ORDER BY id")
         assert [r["event_id"] for r in stored] == sorted(row.event_id for row in latest.values())
+        # Invoices are keyed by add index now, as the ledger keys them from here on.
         assert {(r["kind"], r["key"], r["status"]) for r in stored} == {
             (row.kind, row.key, row.status) for row in latest.values()
         }
@@ -399,7 +432,12 @@ async def test_rows_written_before_ids_keep_their_state_and_take_ids_in_event_or
         await ledger.record_run(day)
         await ledger.record(
             InvoiceCreated(
-                id=100, time=T0 + 7200, payment_hash="h9", value_msat=1, creation_date=int(T0 + 7200)
+                id=100,
+                time=T0 + 7200,
+                payment_hash="h9",
+                value_msat=1,
+                creation_date=int(T0 + 7200),
+                add_index=5,
             )
         )
         await ledger.record(
@@ -411,14 +449,16 @@ async def test_rows_written_before_ids_keep_their_state_and_take_ids_in_event_or
                 amt_paid_msat=250_000,
                 creation_date=int(T0 + 10),
                 settle_date=int(T0 + 7300),
+                add_index=2,
             )
         )
         await handle.flush()
         after = await handle.fetchall("SELECT id, kind, key, status FROM metrics_tx ORDER BY id")
+        h2 = latest[("invoice", "000000000002")]
         assert [tuple(r) for r in after[: len(stored)]] == [
-            (r["id"], r["kind"], r["key"], "settled" if r["key"] == "h2" else r["status"]) for r in stored
+            (r["id"], r["kind"], r["key"], "settled" if r["key"] == h2.key else r["status"]) for r in stored
         ]
-        assert tuple(after[-1]) == (stored[-1]["id"] + 1, "invoice", "h9", "open")
+        assert tuple(after[-1]) == (stored[-1]["id"] + 1, "invoice", "000000000005", "open")
         indexes = await handle.fetchall("SELECT name FROM sqlite_master WHERE tbl_name = 'metrics_tx'")
         assert {r[0] for r in indexes} >= {
             "metrics_tx_time",
@@ -428,3 +468,13 @@ async def test_rows_written_before_ids_keep_their_state_and_take_ids_in_event_or
         }
         tg.cancel_scope.cancel()
     await store.close()
+
+
+async def test_the_rebalances_own_rows_are_found_through_the_hash_index(metrics_store) -> None:
+    # Invoices are keyed by add index: a rebalance's own invoice is found by its hash in
+    # the hash index, which holds the rebalancer's invoices (by their memo) and no others.
+    async with metrics_store() as store:
+        plan = await store.fetchall(f"EXPLAIN QUERY PLAN SELECT COUNT(*) FROM {analytics._REBALANCE_OWN}")
+        details = [r["detail"] for r in plan]
+        assert any("metrics_tx_hash" in d for d in details), details
+        assert not any(d.startswith("SCAN t") for d in details), details
