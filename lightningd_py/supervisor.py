@@ -111,21 +111,20 @@ def _libc(name: str) -> Any | None:
         return None
 
 
-def _limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc arenas, before the daemon starts any thread.
+def _limit_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas at ``MALLOC_ARENAS``, before the daemon starts any thread.
 
     Leaves the C library's own choice where the environment makes one
     (``MALLOC_ARENA_MAX``, or ``glibc.malloc.arena_max`` in ``GLIBC_TUNABLES``).
-    :return: whether the cap was set.
     """
     if "MALLOC_ARENA_MAX" in os.environ or "glibc.malloc.arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
+        return
     mallopt = _libc("mallopt")
     if mallopt is None:
-        return False
+        return
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_ARENA_MAX, arenas))
+    mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
 def _malloc_trim() -> Callable[[], object] | None:

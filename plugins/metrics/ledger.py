@@ -66,14 +66,9 @@ def _key_invoices_by_add_index(conn: sqlite3.Connection) -> None:
     """Migration 6: each invoice row's add index is read from the journal event the row
     last took its state from (the ledger's rows come from journal events only)."""
     keys: list[tuple[str, int]] = []
-    journaled = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal'")
-    found = (
-        conn.execute(
-            "SELECT m.id, j.id, j.body FROM metrics_tx AS m JOIN journal AS j ON j.id = m.event_id "
-            "WHERE m.kind = 'invoice'"
-        )
-        if journaled.fetchone()
-        else ()  # the ledger's tables on their own, without the daemon's journal
+    found = conn.execute(
+        "SELECT m.id, j.id, j.body FROM metrics_tx AS m JOIN journal AS j ON j.id = m.event_id "
+        "WHERE m.kind = 'invoice'"
     )
     for row_id, event_id, body in found:
         try:

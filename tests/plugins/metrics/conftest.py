@@ -14,6 +14,7 @@ import anyio
 import lightningd_py.plugins.metrics as metrics_plugin
 import pytest
 
+from lightningd_py.journal import MIGRATIONS as JOURNAL_MIGRATIONS
 from lightningd_py.store import Store, StoreHandle
 
 
@@ -26,6 +27,8 @@ def metrics_store(tmp_path: Path) -> Callable[[], AbstractAsyncContextManager[St
     async def open_store() -> AsyncIterator[StoreHandle]:
         store = Store(tmp_path / "ldp.sqlite3")
         store.open()
+        # As in the daemon: the journal first, then the plugin's own tables.
+        store.migrate("journal", JOURNAL_MIGRATIONS)
         store.migrate("metrics", metrics_plugin.ldp_migrations())
         async with anyio.create_task_group() as tg:
             await tg.start(store.run)

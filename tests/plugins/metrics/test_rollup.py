@@ -27,6 +27,7 @@ from lightningd_py.events import (
     RebalanceFailed,
     RebalanceSucceeded,
 )
+from lightningd_py.journal import MIGRATIONS as JOURNAL_MIGRATIONS
 from lightningd_py.store import Store
 
 T0 = 1_795_000_000.0  # on no particular hour
@@ -120,6 +121,7 @@ def recorded(events: list[Event], runs: list[int] | None = None) -> Path:
     async def run() -> None:
         store = Store(path)
         store.open()
+        store.migrate("journal", JOURNAL_MIGRATIONS)
         store.migrate("metrics", metrics_plugin.ldp_migrations())
         async with anyio.create_task_group() as tg:
             await tg.start(store.run)
