@@ -4,21 +4,9 @@ The tracker keeps one row per invoice (``invoice_tracker_invoices``) and one row
 state change (``invoice_tracker_history``). Rows are written from journal events by the
 tracker itself (:func:`apply_events`), and, for invoices the HTTP API creates, once at
 creation (:func:`record_creation`) so the fiat amount, exchange rate and metadata given
-by the merchant are kept. Both writers find an invoice's row by its payment hash and
-upsert it, so either may come first: the event never touches the creation columns and
-the creation write never touches LND's state.
-
-An invoice's row is found by its add index, which LND gives every invoice in the order
-they are added, and by its payment hash through ``hash_key`` (8 bytes of BLAKE2b of the
-hash) and then the hash itself. Hashes are random: one index on them takes a page write
-per new invoice, wherever the hash lands, and that was most of what a burst wrote. So
-the keys are kept in two indexes: a new row's key goes into the small
-``invoice_tracker_new_hashes``, whose few pages a burst's commits share, and moves into
-the large ``invoice_tracker_hashes`` with thousands of others (:data:`HASH_MERGE_AT`),
-which writes each of its pages at most once per move. A lookup by hash searches both.
-The tracker's writers are the only ones to add rows, on the one writer connection, and
-each looks the invoice up before inserting, so an invoice has one row without a unique
-index on its hash.
+by the merchant are kept. Both writers use upserts keyed by the payment hash, so either
+may come first: the event never touches the creation columns and the creation write
+never touches LND's state.
 
 The http_api plugin imports this module (``lightningd_py.plugins.invoice_tracker.records``);
 every function takes the caller's ``daemon.store``.
@@ -29,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
-import itertools
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -55,7 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINAL_STATUSES",
-    "HASH_MERGE_AT",
     "STATUSES",
     "CreatedInvoice",
     "InvoiceLookups",
@@ -66,10 +51,8 @@ __all__ = [
     "effective_status",
     "encode_cursor",
     "get_invoice",
-    "hash_key",
     "invoice_history",
     "list_invoices",
-    "merge_new_hashes",
     "migrations",
     "record_creation",
     "row_to_invoice",
@@ -190,96 +173,11 @@ CREATE INDEX invoice_tracker_invoices_status ON invoice_tracker_invoices (status
 """
 
 
-def hash_key(payment_hash: str) -> int:
-    """The ``hash_key`` of a payment hash: 8 bytes of its BLAKE2b as a signed 64-bit
-    integer. Any string has one; two hashes share it with odds of 2^-64 per pair, and
-    every lookup compares the hash itself too."""
-    return int.from_bytes(hashlib.blake2b(payment_hash.encode(), digest_size=8).digest(), "big", signed=True)
-
-
-_TABLE_V3 = """
-CREATE TABLE invoice_tracker_invoices_v3 (
-    id              INTEGER PRIMARY KEY,
-    payment_hash    TEXT NOT NULL,
-    hash_key        INTEGER NOT NULL,
-    payment_request TEXT NOT NULL DEFAULT '',
-    memo            TEXT NOT NULL DEFAULT '',
-    value_msat      INTEGER NOT NULL DEFAULT 0,
-    amt_paid_msat   INTEGER NOT NULL DEFAULT 0,
-    status          TEXT NOT NULL,
-    created_at      INTEGER NOT NULL DEFAULT 0,
-    expires_at      INTEGER NOT NULL DEFAULT 0,
-    settled_at      INTEGER NOT NULL DEFAULT 0,
-    preimage        TEXT NOT NULL DEFAULT '',
-    add_index       INTEGER NOT NULL DEFAULT 0,
-    settle_index    INTEGER NOT NULL DEFAULT 0,
-    is_keysend      INTEGER NOT NULL DEFAULT 0,
-    private         INTEGER NOT NULL DEFAULT 0,
-    fiat_currency   TEXT,
-    fiat_amount     TEXT,
-    exchange_rate   TEXT,
-    metadata        TEXT,
-    last_event_id   INTEGER NOT NULL DEFAULT 0,
-    updated_at      REAL NOT NULL DEFAULT 0
-)
-"""
-
-_COPY_COLUMNS = (
-    "payment_request, memo, value_msat, amt_paid_msat, status, created_at, expires_at, "
-    "settled_at, preimage, add_index, settle_index, is_keysend, private, fiat_currency, "
-    "fiat_amount, exchange_rate, metadata, last_event_id, updated_at"
-)
-
-
-def _key_by_hash_key(conn: sqlite3.Connection) -> None:
-    """Migration 3: the unique index on the payment hash gives way to the add index's
-    and to the two hash-key tables. sqlite cannot drop a column's UNIQUE, so the table is
-    copied; ids stay as they are, and with them the history's references."""
-    conn.create_function("ldp_hash_key", 1, hash_key, deterministic=True)
-    conn.execute(_TABLE_V3)
-    conn.execute(
-        f"INSERT INTO invoice_tracker_invoices_v3 (id, payment_hash, hash_key, {_COPY_COLUMNS}) "
-        f"SELECT id, payment_hash, ldp_hash_key(payment_hash), {_COPY_COLUMNS} "
-        "FROM invoice_tracker_invoices ORDER BY id"
-    )
-    conn.execute("DROP TABLE invoice_tracker_invoices")
-    conn.execute("ALTER TABLE invoice_tracker_invoices_v3 RENAME TO invoice_tracker_invoices")
-    conn.execute("CREATE INDEX invoice_tracker_invoices_created ON invoice_tracker_invoices (created_at)")
-    conn.execute(
-        "CREATE INDEX invoice_tracker_invoices_status ON invoice_tracker_invoices (status, created_at)"
-    )
-    # Rows without an add index sit together under 0, by hash key. (A partial index on
-    # them would have sqlite prepare the lookup again for each add index bound to it.)
-    conn.execute(
-        "CREATE INDEX invoice_tracker_invoices_add_index ON invoice_tracker_invoices (add_index, hash_key)"
-    )
-    conn.execute(
-        "CREATE TABLE invoice_tracker_hashes (hash_key INTEGER NOT NULL, id INTEGER NOT NULL, "
-        "PRIMARY KEY (hash_key, id)) WITHOUT ROWID"
-    )
-    conn.execute(
-        "CREATE TABLE invoice_tracker_new_hashes (hash_key INTEGER NOT NULL, id INTEGER NOT NULL, "
-        "PRIMARY KEY (hash_key, id)) WITHOUT ROWID"
-    )
-    conn.execute(
-        "INSERT INTO invoice_tracker_hashes (hash_key, id) "
-        "SELECT hash_key, id FROM invoice_tracker_invoices ORDER BY hash_key, id"
-    )
-    conn.execute(
-        "CREATE TRIGGER invoice_tracker_invoices_new_hash AFTER INSERT ON invoice_tracker_invoices "
-        "BEGIN INSERT INTO invoice_tracker_new_hashes (id, hash_key) VALUES (new.id, new.hash_key); END"
-    )
-
-
 def migrations() -> list[Migration]:
     """The tracker's migrations (see ``ldp_migrations``)."""
     from lightningd_py.store import Migration
 
-    return [
-        Migration(version=1, sql=_SCHEMA_V1),
-        Migration(version=2, sql=_SCHEMA_V2),
-        Migration(version=3, sql=_key_by_hash_key),
-    ]
+    return [Migration(version=1, sql=_SCHEMA_V1), Migration(version=2, sql=_SCHEMA_V2)]
 
 
 def status_of_event(event: InvoiceEvent) -> InvoiceStatus:
@@ -290,42 +188,13 @@ def status_of_event(event: InvoiceEvent) -> InvoiceStatus:
     raise TypeError(f"not an invoice event type: {type(event).__name__}")
 
 
-# How many new rows' hash keys wait in ``invoice_tracker_new_hashes`` before they are
-# moved into ``invoice_tracker_hashes`` together. Both are indexes by key; a burst writes
-# pages of the small one, at most about 60 of them per commit, instead of a page of the
-# large one per invoice, and a move writes each page of the large one at most once.
-HASH_MERGE_AT: Final = 16_384
-
-# The ids of the rows whose hash has the key ?3.
-_IDS_OF_KEY = (
-    "SELECT id FROM invoice_tracker_hashes WHERE hash_key = ?3 "
-    "UNION ALL SELECT id FROM invoice_tracker_new_hashes WHERE hash_key = ?3"
-)
-
-# The row of an invoice, if there is one (?1: its add index, ?2: its payment hash, ?3:
-# the hash's key). An invoice from LND is found by its add index, whose index a burst
-# appends to, or else among the rows written without one (only events a plugin
-# journals can lack it: there are few such rows, and they get the add index once an
-# event brings it). An event without an add index finds any row by its hash: that
-# takes a statement of its own, as sqlite may work a subquery out before the CASE
-# that would skip it.
-_ROW_BY_ADD_INDEX = (
-    "COALESCE("
-    "(SELECT id FROM invoice_tracker_invoices WHERE add_index = ?1 AND payment_hash = ?2), "
-    "(SELECT id FROM invoice_tracker_invoices WHERE hash_key = ?3 AND add_index = 0 AND payment_hash = ?2))"
-)
-_ROW_BY_HASH = f"(SELECT id FROM invoice_tracker_invoices WHERE id IN ({_IDS_OF_KEY}) AND payment_hash = ?2)"
-
-
-# The id is the invoice's row, or NULL for a new row (sqlite numbers it).
-def _upsert_event(row_of: str) -> str:
-    return f"""
+_UPSERT_EVENT = f"""
 INSERT INTO invoice_tracker_invoices (
-    id, hash_key, payment_hash, payment_request, memo, value_msat, amt_paid_msat, status,
-    created_at, expires_at, settled_at, preimage, add_index, settle_index, is_keysend,
-    private, last_event_id, updated_at)
-VALUES ({row_of}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET
+    payment_hash, payment_request, memo, value_msat, amt_paid_msat, status, created_at,
+    expires_at, settled_at, preimage, add_index, settle_index, is_keysend, private,
+    last_event_id, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (payment_hash) DO UPDATE SET
     payment_request = CASE WHEN excluded.payment_request != '' THEN excluded.payment_request
                            ELSE payment_request END,
     memo = CASE WHEN excluded.memo != '' THEN excluded.memo ELSE memo END,
@@ -345,15 +214,11 @@ ON CONFLICT (id) DO UPDATE SET
     updated_at = excluded.updated_at
 """
 
-
-_UPSERT_EVENT = {True: _upsert_event(_ROW_BY_ADD_INDEX), False: _upsert_event(_ROW_BY_HASH)}
-
 # Written after the invoice's own upsert, so its row (and id) is there to look up.
-_INSERT_HISTORY = {
-    indexed: "INSERT OR IGNORE INTO invoice_tracker_history "
-    f"(invoice_id, event_id, status, time, amt_paid_msat) VALUES ({row_of}, ?, ?, ?, ?)"
-    for indexed, row_of in ((True, _ROW_BY_ADD_INDEX), (False, _ROW_BY_HASH))
-}
+_INSERT_HISTORY = """
+INSERT OR IGNORE INTO invoice_tracker_history (invoice_id, event_id, status, time, amt_paid_msat)
+VALUES ((SELECT id FROM invoice_tracker_invoices WHERE payment_hash = ?), ?, ?, ?, ?)
+"""
 
 
 def _event_rows(event: InvoiceEvent) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
@@ -396,27 +261,8 @@ async def apply_events(store: Store, events: Iterable[Event]) -> None:
             invoices[event.payment_hash] = invoice if earlier is None else _merge_rows(earlier, invoice)
             history.append(change)
     if invoices:
-        keys = {payment_hash: hash_key(payment_hash) for payment_hash in invoices}
-        rows = [(row[10], h, keys[h], keys[h], *row) for h, row in invoices.items()]
-        changes = [(invoices[change[0]][10], change[0], keys[change[0]], *change[1:]) for change in history]
-        # In order, one statement per stretch of rows with an add index or without.
-        for indexed, stretch in itertools.groupby(rows, key=lambda row: row[0] > 0):
-            await store.executemany(_UPSERT_EVENT[indexed], stretch)
-        for indexed, stretch in itertools.groupby(changes, key=lambda change: change[0] > 0):
-            await store.executemany(_INSERT_HISTORY[indexed], stretch)
-        await store.queue(merge_new_hashes)
-
-
-def merge_new_hashes(conn: sqlite3.Connection, at: int = HASH_MERGE_AT) -> None:
-    """Move the new rows' hash keys into the hash index once there are ``at`` of them
-    (on the writer connection, in its transaction)."""
-    (waiting,) = conn.execute("SELECT COUNT(*) FROM invoice_tracker_new_hashes").fetchone()
-    if waiting >= at:
-        conn.execute(
-            "INSERT INTO invoice_tracker_hashes (hash_key, id) "
-            "SELECT hash_key, id FROM invoice_tracker_new_hashes"
-        )
-        conn.execute("DELETE FROM invoice_tracker_new_hashes")
+        await store.executemany(_UPSERT_EVENT, invoices.values())
+        await store.executemany(_INSERT_HISTORY, history)
 
 
 def _merge_rows(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -467,14 +313,12 @@ class CreatedInvoice:
     metadata: dict[str, Any] | None = None
 
 
-def _upsert_creation(row_of: str) -> str:
-    return f"""
+_UPSERT_CREATION = """
 INSERT INTO invoice_tracker_invoices (
-    id, hash_key, payment_hash, payment_request, memo, value_msat, status, created_at,
-    expires_at, add_index, private, fiat_currency, fiat_amount, exchange_rate, metadata,
-    updated_at)
-VALUES ({row_of}, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET
+    payment_hash, payment_request, memo, value_msat, status, created_at, expires_at,
+    add_index, private, fiat_currency, fiat_amount, exchange_rate, metadata, updated_at)
+VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (payment_hash) DO UPDATE SET
     fiat_currency = excluded.fiat_currency,
     fiat_amount = excluded.fiat_amount,
     exchange_rate = excluded.exchange_rate,
@@ -482,17 +326,9 @@ ON CONFLICT (id) DO UPDATE SET
 """
 
 
-_UPSERT_CREATION = {True: _upsert_creation(_ROW_BY_ADD_INDEX), False: _upsert_creation(_ROW_BY_HASH)}
-
-
 def creation_row(inv: CreatedInvoice) -> tuple[Any, ...]:
     """The parameters of the creation upsert (for callers batching it in ``store.write``)."""
-    key = hash_key(inv.payment_hash)
     return (
-        inv.add_index,
-        inv.payment_hash,
-        key,
-        key,
         inv.payment_hash,
         inv.payment_request,
         inv.memo,
@@ -511,7 +347,7 @@ def creation_row(inv: CreatedInvoice) -> tuple[Any, ...]:
 
 def write_creation(conn: sqlite3.Connection, inv: CreatedInvoice) -> None:
     """Write a creation record on the writer connection (inside ``store.write``)."""
-    conn.execute(_UPSERT_CREATION[inv.add_index > 0], creation_row(inv))
+    conn.execute(_UPSERT_CREATION, creation_row(inv))
 
 
 async def record_creation(store: Store, inv: CreatedInvoice) -> None:
@@ -584,14 +420,12 @@ def row_to_invoice(row: Sequence[Any], now: float | None = None) -> dict[str, An
     }
 
 
-_SELECT_ONE = (
-    f"SELECT {_COLUMNS} FROM invoice_tracker_invoices WHERE id IN ({_IDS_OF_KEY}) AND payment_hash = ?2"
-)
+_SELECT_ONE = f"SELECT {_COLUMNS} FROM invoice_tracker_invoices WHERE payment_hash = ?"
 
 
 async def get_invoice(store: Store, payment_hash: str) -> dict[str, Any] | None:
     """One invoice as a JSON-ready dict, or None when the tracker does not know it."""
-    row = await store.fetchone(_SELECT_ONE, (None, payment_hash, hash_key(payment_hash)))
+    row = await store.fetchone(_SELECT_ONE, (payment_hash,))
     return row_to_invoice(row) if row is not None else None
 
 
@@ -600,7 +434,7 @@ _RETRY = object()
 
 class InvoiceLookups:
     """Point lookups by payment hash, batched: requests that arrive in the same event
-    loop turn share one read (``WHERE hash_key IN (...)``), so a burst of lookups
+    loop turn share one read (``WHERE payment_hash IN (...)``), so a burst of lookups
     costs one trip to a reader thread instead of one each.
 
     The first caller of a batch leads it: it lets one loop turn pass for others to
@@ -659,26 +493,23 @@ class InvoiceLookups:
         return row_to_invoice(row, now) if row is not None else None
 
 
-# The hashes' keys go in as one JSON array: one statement for any number of them. A row
-# of another hash with the same key is read too, and never asked for by its hash.
+# The hashes go in as one JSON array: one statement for any number of them.
 _SELECT_MANY = (
-    f"SELECT {_COLUMNS} FROM invoice_tracker_invoices WHERE id IN ("
-    "SELECT id FROM invoice_tracker_hashes WHERE hash_key IN (SELECT value FROM json_each(?1)) "
-    "UNION ALL SELECT id FROM invoice_tracker_new_hashes WHERE hash_key IN (SELECT value FROM json_each(?1)))"
+    f"SELECT {_COLUMNS} FROM invoice_tracker_invoices WHERE payment_hash IN (SELECT value FROM json_each(?))"
 )
 
 
 def _select_many(conn: sqlite3.Connection, hashes: list[str]) -> list[Any]:
-    return conn.execute(_SELECT_MANY, (json.dumps([hash_key(h) for h in hashes]),)).fetchall()
+    return conn.execute(_SELECT_MANY, (json.dumps(hashes),)).fetchall()
 
 
 async def invoice_history(store: Store, payment_hash: str) -> list[dict[str, Any]]:
     """The invoice's state changes, oldest first."""
     rows = await store.fetchall(
         "SELECT h.event_id, h.status, h.time, h.amt_paid_msat FROM invoice_tracker_invoices AS i "
-        "JOIN invoice_tracker_history AS h ON h.invoice_id = i.id "
-        f"WHERE i.id IN ({_IDS_OF_KEY}) AND i.payment_hash = ?2 ORDER BY h.event_id",
-        (None, payment_hash, hash_key(payment_hash)),
+        "JOIN invoice_tracker_history AS h ON h.invoice_id = i.id WHERE i.payment_hash = ? "
+        "ORDER BY h.event_id",
+        (payment_hash,),
     )
     return [{"event_id": r[0], "status": r[1], "time": r[2], "amount_paid_msat": r[3]} for r in rows]
 

@@ -211,19 +211,16 @@ async def test_a_run_leaves_what_its_events_one_by_one_leave(tmp_path: Path) -> 
     rng = random.Random(7)
     kinds = [created, InvoiceAccepted, InvoiceSettled, InvoiceCanceled, InvoiceExpired]
     events = []
-    # LND's add index is an invoice's for good; an event may also come without one.
-    add_indexes = {H1: 1, H2: 2, "33" * 32: 3}
     for event_id in range(1, 400):
         kind = rng.choice(kinds)
-        h = rng.choice(list(add_indexes))
+        h = rng.choice([H1, H2, "33" * 32])
         extra = rng.choice(
             [{}, {"memo": ""}, {"memo": f"m{event_id}"}, {"value_msat": 0}, {"payment_request": ""}]
         )
         if kind is created:
-            events.append(created(h, event_id, add_index=add_indexes[h], **extra))
+            events.append(created(h, event_id, **extra))
             continue
         fields: dict[str, object] = {"id": event_id, "payment_hash": h, **extra}
-        fields["add_index"] = rng.choice([0, add_indexes[h]])
         if kind is InvoiceSettled:
             fields.update(amt_paid_msat=rng.choice([0, 4000, 5000]), settle_date=rng.randint(1, 50))
             fields.update(settle_index=rng.randint(1, 50), preimage=rng.choice(["", "ab" * 32]))
@@ -282,18 +279,13 @@ async def test_invoices_recorded_before_ids_keep_their_rows_and_history(tmp_path
     )
     conn.commit()
     conn.close()
-    assert backend.migrate("invoice_tracker", records.migrations()) == [2, 3]
+    assert backend.migrate("invoice_tracker", records.migrations()) == [2]
 
     async with anyio.create_task_group() as tg:
         await tg.start(backend.run)
         store = backend.handle("invoice_tracker")
-        rows = await store.fetchall(
-            "SELECT id, payment_hash, hash_key, memo FROM invoice_tracker_invoices ORDER BY id"
-        )
-        assert [tuple(r) for r in rows] == [
-            (i + 1, h, records.hash_key(h), f"memo {i}") for i, h in enumerate(hashes)
-        ]
-        assert (await records.get_invoice(store, hashes[3]))["memo"] == "memo 3"  # type: ignore[index]
+        rows = await store.fetchall("SELECT id, payment_hash, memo FROM invoice_tracker_invoices ORDER BY id")
+        assert [tuple(r) for r in rows] == [(i + 1, h, f"memo {i}") for i, h in enumerate(hashes)]
         assert [e["event_id"] for e in await records.invoice_history(store, hashes[2])] == [3]
         # The tracker goes on from there; a new invoice of the same second comes first.
         await apply(
@@ -305,127 +297,3 @@ async def test_invoices_recorded_before_ids_keep_their_rows_and_history(tmp_path
         assert await every_page(store, limit=2) == ["ff" * 32, *hashes[::-1]]
         tg.cancel_scope.cancel()
     await backend.close()
-
-
-async def test_the_hash_has_no_unique_index_and_every_lookup_goes_through_its_key(
-    store: StoreHandle,
-) -> None:
-    await apply(store, created(H1, 1), created(H2, 2))
-    await records.record_creation(
-        store,
-        records.CreatedInvoice(
-            payment_hash=H2,
-            payment_request="lnbcrt1fake",
-            memo="tea",
-            value_msat=1,
-            created_at=1,
-            expires_at=2,
-            add_index=2,
-            metadata={"order": 7},
-        ),
-    )
-
-    def plan(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> list[str]:
-        return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
-
-    async def searches(sql: str, params: tuple[object, ...]) -> list[str]:
-        steps = await store.read(lambda conn: plan(conn, sql, params))
-        return [step for step in steps if step.startswith(("SEARCH", "SCAN"))]
-
-    by_key = [
-        "SEARCH invoice_tracker_invoices USING INTEGER PRIMARY KEY (rowid=?)",
-        "SEARCH invoice_tracker_hashes USING PRIMARY KEY (hash_key=?)",
-        "SEARCH invoice_tracker_new_hashes USING PRIMARY KEY (hash_key=?)",
-    ]
-    assert await searches(records._SELECT_ONE, (None, H1, 0)) == by_key
-    many = await searches(records._SELECT_MANY, ("[0]",))
-    assert [step for step in many if "json_each" not in step] == by_key
-    # An invoice from LND is found by its add index, or among the few rows without one;
-    # an event without an add index finds it by hash.
-    by_add_index = "SEARCH invoice_tracker_invoices USING INDEX invoice_tracker_invoices_add_index"
-    assert await searches(f"SELECT {records._ROW_BY_ADD_INDEX}", (1, H1, 0)) == [
-        "SCAN CONSTANT ROW",
-        f"{by_add_index} (add_index=?)",
-        f"{by_add_index} (add_index=? AND hash_key=?)",
-    ]
-    assert await searches(f"SELECT {records._ROW_BY_HASH}", (0, H1, 0)) == ["SCAN CONSTANT ROW", *by_key]
-    indexes = await store.fetchall(
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'invoice_tracker_invoices'"
-    )
-    assert not any(r[0].startswith("sqlite_autoindex") for r in indexes)
-    rows = await store.fetchall("SELECT payment_hash FROM invoice_tracker_invoices ORDER BY id")
-    assert [r[0] for r in rows] == [H1, H2]
-
-
-async def test_hashes_that_share_a_key_keep_rows_of_their_own(
-    store: StoreHandle, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Real hashes share a key with odds of 2^-64 per pair; here every hash has key 7.
-    monkeypatch.setattr(records, "hash_key", lambda payment_hash: 7)
-    await apply(store, created(H1, 1, memo="coffee"), created(H2, 2, memo="tea"))
-    await apply(store, InvoiceSettled(id=3, payment_hash=H1, amt_paid_msat=5000, add_index=1))
-    await records.record_creation(
-        store,
-        records.CreatedInvoice(
-            payment_hash=H2,
-            payment_request="lnbcrt1fake",
-            memo="tea",
-            value_msat=5000,
-            created_at=1,
-            expires_at=2,
-            add_index=2,
-            metadata={"order": 7},
-        ),
-    )
-    rows = await store.fetchall("SELECT payment_hash, hash_key FROM invoice_tracker_invoices ORDER BY id")
-    assert [tuple(r) for r in rows] == [(H1, 7), (H2, 7)]
-    lookups = records.InvoiceLookups(store)
-    one, two = await asyncio.gather(lookups.get(H1), lookups.get(H2))
-    assert one is not None and (one["memo"], one["status"], one["metadata"]) == ("coffee", "paid", None)
-    assert two is not None and (two["memo"], two["status"], two["metadata"]) == (
-        "tea",
-        "pending",
-        {"order": 7},
-    )
-    assert (await records.get_invoice(store, H2))["metadata"] == {"order": 7}  # type: ignore[index]
-    assert [e["status"] for e in await records.invoice_history(store, H1)] == ["pending", "paid"]
-    assert [e["status"] for e in await records.invoice_history(store, H2)] == ["pending"]
-
-
-async def test_lookups_by_hash_find_rows_before_and_after_their_keys_move(store: StoreHandle) -> None:
-    hashes = [f"{i:064x}" for i in range(1, 8)]
-    await apply(store, *[created(h, i + 1) for i, h in enumerate(hashes[:5])])
-    # Fewer keys than the threshold wait; at it, they move into the index together.
-    await store.write(lambda conn: records.merge_new_hashes(conn, at=6))
-    assert (await store.fetchone("SELECT COUNT(*) FROM invoice_tracker_new_hashes"))[0] == 5  # type: ignore[index]
-    await store.write(lambda conn: records.merge_new_hashes(conn, at=5))
-    counts = await store.fetchone(
-        "SELECT (SELECT COUNT(*) FROM invoice_tracker_hashes), "
-        "(SELECT COUNT(*) FROM invoice_tracker_new_hashes)"
-    )
-    assert tuple(counts) == (5, 0)  # type: ignore[arg-type]
-    await apply(store, *[created(h, i + 6) for i, h in enumerate(hashes[5:])])
-    # Events without an add index (a plugin's) find the row by hash, moved or not; one
-    # that comes first has its row found again once LND's event brings the add index.
-    late = "ee" * 32
-    await apply(
-        store,
-        InvoiceSettled(id=20, payment_hash=hashes[0], amt_paid_msat=5000),
-        InvoiceSettled(id=21, payment_hash=hashes[6], amt_paid_msat=5000),
-        InvoiceCanceled(id=22, payment_hash=late),
-        created(late, 23, add_index=8, memo="late"),
-    )
-    lookups = records.InvoiceLookups(store)
-    found = await asyncio.gather(*[lookups.get(h) for h in [*hashes, late]])
-    assert [(i["payment_hash"], i["status"]) for i in found if i is not None] == [
-        (h, "paid" if h in (hashes[0], hashes[6]) else "pending") for h in hashes
-    ] + [(late, "canceled")]
-    for h in (hashes[0], hashes[6]):
-        assert (await records.get_invoice(store, h))["status"] == "paid"  # type: ignore[index]
-        assert [e["status"] for e in await records.invoice_history(store, h)] == ["pending", "paid"]
-    row = await store.fetchone(
-        "SELECT COUNT(*), MAX(add_index), MAX(memo) FROM invoice_tracker_invoices WHERE payment_hash = ?",
-        (late,),
-    )
-    assert tuple(row) == (1, 8, "late")  # type: ignore[arg-type]
-    assert (await store.fetchone("SELECT COUNT(*) FROM invoice_tracker_invoices"))[0] == 8  # type: ignore[index]
