@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightningd_py.events import REBALANCE_MEMO_PREFIX
+from .ledger import REBALANCE_INVOICE
 
 __all__ = [
     "IMBALANCED_HIGH",
@@ -53,8 +53,7 @@ _REBALANCE_HASHES = (
 _REBALANCE_OWN = (
     f"(SELECT t.* FROM {_REBALANCE_HASHES} AS r "
     "CROSS JOIN metrics_tx AS t ON t.payment_hash = r.h AND t.payment_hash != '' "
-    f"AND (t.kind != 'invoice' OR substr(t.description, 1, {len(REBALANCE_MEMO_PREFIX)}) = "
-    f"'{REBALANCE_MEMO_PREFIX}')) AS t"
+    f"AND (t.kind != 'invoice' OR {REBALANCE_INVOICE})) AS t"
 )
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import msgspec
 
 from lightningd_py.events import (
+    REBALANCE_MEMO_PREFIX,
     ChannelClosed,
     ChannelEvent,
     Event,
@@ -52,7 +53,22 @@ if TYPE_CHECKING:
 
     from .snapshot import NodeSnapshot
 
-__all__ = ["MIGRATIONS", "Ledger", "Total", "TxRow", "invoice_key", "total_name", "tx_row"]
+__all__ = [
+    "MIGRATIONS",
+    "REBALANCE_INVOICE",
+    "Ledger",
+    "Total",
+    "TxRow",
+    "invoice_key",
+    "total_name",
+    "tx_row",
+]
+
+
+REBALANCE_INVOICE = f"substr(description, 1, {len(REBALANCE_MEMO_PREFIX)}) = '{REBALANCE_MEMO_PREFIX}'"
+"""Which ``metrics_tx`` invoices are the rebalancer's own (by their memo): the hash index
+holds them beside every other kind, and a query finds them through it only with this
+same condition."""
 
 
 def invoice_key(event: InvoiceEvent) -> str:
@@ -82,7 +98,7 @@ def _key_invoices_by_add_index(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX metrics_tx_hash")
     conn.execute(
         "CREATE INDEX metrics_tx_hash ON metrics_tx (payment_hash) WHERE payment_hash != '' "
-        "AND (kind != 'invoice' OR substr(description, 1, 10) = 'rebalance ')"
+        f"AND (kind != 'invoice' OR {REBALANCE_INVOICE})"
     )
 
 
