@@ -139,6 +139,22 @@ async def test_append_dedupes_and_stores_positions(tmp_path: Path) -> None:
     await store2.close()
 
 
+@pytest.mark.parametrize("count", [1, 8, 9, 32, 33, 129, 250, 251, 600])
+async def test_duplicates_are_found_in_appends_of_any_size(tmp_path: Path, count: int) -> None:
+    # Digests are probed in groups padded to a few sizes: every size on either side of a
+    # step finds exactly the journaled ones.
+    store, journal, _ = await start_host(tmp_path, {})
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        known = [invoice(i) for i in range(1, count + 1, 2)]
+        await journal.append(known)
+        ids = await journal.append([invoice(i) for i in range(1, count + 1)])
+        assert [i == 0 for i in ids] == [i % 2 == 1 for i in range(1, count + 1)]
+        assert journal.duplicates == len(known)
+        tg.cancel_scope.cancel()
+    await store.close()
+
+
 async def test_keys_journaled_before_their_digests_still_drop_duplicates(tmp_path: Path) -> None:
     """A database whose journal stored the dedupe keys themselves (schema 1) is moved to
     their digests at start; an append of many keys at once is checked in groups."""
