@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -187,7 +187,7 @@ class _Inbox:
     __slots__ = ("_items", "_putter", "_size", "_taker", "closed")
 
     def __init__(self, size: int) -> None:
-        self._items: deque[Any] = deque()
+        self._items: list[Any] = []
         self._size = size
         self._taker: asyncio.Future[None] | None = None
         self._putter: asyncio.Future[None] | None = None
@@ -219,8 +219,7 @@ class _Inbox:
                 await self._taker
             finally:
                 self._taker = None
-        batch = list(self._items)
-        self._items.clear()
+        batch, self._items = self._items, []
         _wake(self._putter)
         return batch
 
