@@ -13,7 +13,8 @@ def _use_grpc_iomgr_client() -> None:
     # it is first imported, so this runs before anything here imports it; an operator's
     # own GRPC_EXPERIMENTS naming this experiment wins.
     current = _os.environ.get("GRPC_EXPERIMENTS", "")
-    if "event_engine_client" not in current:
+    named = {name.strip().lstrip("-") for name in current.split(",")}
+    if "event_engine_client" not in named:
         _os.environ["GRPC_EXPERIMENTS"] = ",".join(filter(None, (current, "-event_engine_client")))
 
 

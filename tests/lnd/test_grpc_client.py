@@ -44,6 +44,12 @@ def test_the_iomgr_client_is_asked_for_and_grpc_knows_the_experiment() -> None:
     [
         ("-event_engine_dns", "-event_engine_dns,-event_engine_client"),
         ("event_engine_client", "event_engine_client"),
+        ("-event_engine_dns, -event_engine_client", "-event_engine_dns, -event_engine_client"),
+        # Another experiment whose name starts with this one's is not this one.
+        (
+            "-event_engine_client_channel_resolver",
+            "-event_engine_client_channel_resolver,-event_engine_client",
+        ),
         ("", "-event_engine_client"),
     ],
 )
